@@ -1,0 +1,92 @@
+"""Checks a config against the schema in ``configs/default.py`` and the registries.
+
+Every error names the offending field, e.g. ``config.optim.lr: must be > 0, got -1.0``.
+"""
+
+import ml_collections
+
+from mtl_jax import models, weighting
+from mtl_jax.configs import default
+
+
+class ConfigError(ValueError):
+  """A config key or value is wrong; the message names the field."""
+
+
+def _flat(cfg, prefix='config'):
+  out = {}
+  for key, value in cfg.items():
+    path = f'{prefix}.{key}'
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(_flat(value, path))
+    else:
+      out[path] = value
+  return out
+
+
+def _require(ok, field, message, value):
+  if not ok:
+    raise ConfigError(f'{field}: {message}, got {value!r}')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ``ConfigError`` naming the first unknown key or bad value."""
+  schema = _flat(default.get_config())
+  given = _flat(config)
+  unknown = sorted(set(given) - set(schema))
+  if unknown:
+    raise ConfigError(f'{unknown[0]}: unknown config key (known keys under it: '
+                      f'{sorted(k for k in schema if k.rsplit(".", 1)[0] == unknown[0].rsplit(".", 1)[0])})')
+  missing = sorted(set(schema) - set(given))
+  if missing:
+    raise ConfigError(f'{missing[0]}: missing config key')
+
+  c = config
+  _require(c.data.name == 'synthetic', 'config.data.name', "must be 'synthetic'", c.data.name)
+  _require(c.data.num_tasks >= 1, 'config.data.num_tasks', 'must be >= 1', c.data.num_tasks)
+  _require(-1 <= c.data.correlation <= 1, 'config.data.correlation', 'must be in [-1, 1]',
+           c.data.correlation)
+  _require(c.data.input_dim >= c.data.num_tasks, 'config.data.input_dim',
+           'must be >= config.data.num_tasks', c.data.input_dim)
+  _require(len(c.data.sizes) == 3 and min(c.data.sizes) > 0, 'config.data.sizes',
+           'must be 3 positive sizes (train, val, test)', c.data.sizes)
+
+  _require(c.model.name in models.names(), 'config.model.name', f'must be one of '
+           f'{models.names()}', c.model.name)
+  _require(c.model.backbone in models.backbone_names(), 'config.model.backbone',
+           f'must be one of {models.backbone_names()}', c.model.backbone)
+  for field in ('hidden', 'tower_hidden'):
+    widths = c.model[field]
+    _require(all(isinstance(w, int) and w > 0 for w in widths), f'config.model.{field}',
+             'must be positive integer widths', widths)
+  _require(0 <= c.model.dropout < 1, 'config.model.dropout', 'must be in [0, 1)', c.model.dropout)
+
+  _require(c.weighting.name in weighting.names(), 'config.weighting.name',
+           f'must be one of {weighting.names()}', c.weighting.name)
+  _require(c.weighting.name in c.weighting, f'config.weighting.{c.weighting.name}',
+           'has no options block', None)
+
+  _require(c.optim.name in ('adam', 'adamw', 'sgd'), 'config.optim.name',
+           "must be 'adam', 'adamw' or 'sgd'", c.optim.name)
+  _require(c.optim.lr > 0, 'config.optim.lr', 'must be > 0', c.optim.lr)
+  _require(c.optim.schedule in ('constant', 'cosine', 'warmup_cosine'), 'config.optim.schedule',
+           "must be 'constant', 'cosine' or 'warmup_cosine'", c.optim.schedule)
+  _require(0 <= c.optim.warmup_steps < c.train.steps, 'config.optim.warmup_steps',
+           'must be in [0, config.train.steps)', c.optim.warmup_steps)
+  _require(c.optim.weight_decay >= 0, 'config.optim.weight_decay', 'must be >= 0',
+           c.optim.weight_decay)
+  _require(c.optim.grad_clip >= 0, 'config.optim.grad_clip', 'must be >= 0 (0: off)',
+           c.optim.grad_clip)
+
+  t = c.train
+  for field in ('steps', 'batch_size', 'log_every', 'checkpoint_every', 'keep_checkpoints'):
+    _require(t[field] > 0, f'config.train.{field}', 'must be > 0', t[field])
+  _require(t.batch_size <= c.data.sizes[0], 'config.train.batch_size',
+           f'must be <= the training split size {c.data.sizes[0]}', t.batch_size)
+  _require(t.on_nonfinite in ('skip', 'raise'), 'config.train.on_nonfinite',
+           "must be 'skip' or 'raise'", t.on_nonfinite)
+  _require(t.num_devices >= 0, 'config.train.num_devices', 'must be >= 0 (0: all)',
+           t.num_devices)
+  _require(c.eval.batch_size > 0, 'config.eval.batch_size', 'must be > 0', c.eval.batch_size)
+  _require(set(c.eval.splits) <= {'train', 'val', 'test'}, 'config.eval.splits',
+           "must name splits among 'train', 'val', 'test'", c.eval.splits)

@@ -1,0 +1,49 @@
+"""Per-sample evaluation metrics with a direction (higher or lower is better).
+
+A metric's value over a data set is the masked mean of its per-sample values, optionally
+passed through ``finalize`` (e.g. sqrt for RMSE).  Per-sample values make metrics exact
+under batching, padding and data-parallel sharding: only (sum, count) is accumulated.
+"""
+
+import dataclasses
+from typing import Callable
+
+import jax.numpy as jnp
+
+from mtl_jax import losses
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+  """An evaluation metric.
+
+  Attributes:
+    name: key under which the metric is reported.
+    per_sample: ``(prediction, label) -> [B]`` per-sample values.
+    higher_is_better: the metric's direction (used by Δm and model selection).
+    finalize: applied to the data-set mean (identity for most metrics).
+  """
+  name: str
+  per_sample: Callable
+  higher_is_better: bool
+  finalize: Callable = lambda x: x
+
+
+def _accuracy_binary(logits, label):
+  return jnp.mean(((logits > 0) == (label > 0.5)).astype(jnp.float32), axis=-1)
+
+
+def _accuracy_multiclass(logits, label):
+  return (jnp.argmax(logits, axis=-1) == label).astype(jnp.float32)
+
+
+MSE = Metric('mse', losses.squared_error, higher_is_better=False)
+RMSE = Metric('rmse', losses.squared_error, higher_is_better=False, finalize=jnp.sqrt)
+MAE = Metric('mae', losses.absolute_error, higher_is_better=False)
+BINARY_ACCURACY = Metric('accuracy', _accuracy_binary, higher_is_better=True)
+MULTICLASS_ACCURACY = Metric('accuracy', _accuracy_multiclass, higher_is_better=True)
+BINARY_CROSS_ENTROPY = Metric('loss', losses.sigmoid_cross_entropy, higher_is_better=False)
+CROSS_ENTROPY = Metric('loss', losses.softmax_cross_entropy, higher_is_better=False)
+
+__all__ = ['Metric', 'MSE', 'RMSE', 'MAE', 'BINARY_ACCURACY', 'MULTICLASS_ACCURACY',
+           'BINARY_CROSS_ENTROPY', 'CROSS_ENTROPY']

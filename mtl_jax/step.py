@@ -1,0 +1,172 @@
+"""The pure, jit-compiled multi-task train step and the evaluation step.
+
+    state, metrics = train_step(state, batch)
+
+computes all per-task losses in one vectorised pass, combines them with a ``Weighting``,
+and applies an optax update.  An update whose losses or gradients are not finite is
+rejected: params, optimizer and weighting state stay as they were, ``num_rejected`` grows.
+"""
+
+from typing import Any, Callable, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from mtl_jax.tasks import TaskSet
+from mtl_jax.weighting import Weighting
+from mtl_jax.weighting.engine import weighted_gradients
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training run carries from step to step (a pytree).
+
+  ``step`` counts batches consumed; ``step - num_rejected`` updates were applied.
+  ``model_state`` holds non-parameter collections (e.g. ``batch_stats``), ``{}`` if none.
+  ``rng`` is a raw ``uint32[2]`` PRNG key.
+  """
+  step: jax.Array
+  params: PyTree
+  model_state: PyTree
+  opt_state: PyTree
+  weighting_state: PyTree
+  rng: jax.Array
+  num_rejected: jax.Array
+
+
+def init_train_state(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientTransformation,
+                     weighting: Weighting, sample_inputs, rng) -> TrainState:
+  """Initialises params from ``sample_inputs`` (a batch's inputs) and every other state."""
+  if len(tasks) < weighting.min_tasks:
+    raise ValueError(f'weighting {weighting.name!r} needs at least {weighting.min_tasks} '
+                     f'tasks, got {len(tasks)}')
+  init_rng, rng = jax.random.split(rng)
+  init = jax.jit(model.init, static_argnames='train')
+  variables = init({'params': init_rng, 'dropout': init_rng}, sample_inputs, train=False)
+  variables = flax.core.unfreeze(variables)
+  params = variables.pop('params')
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      model_state=variables,
+      opt_state=optimizer.init(params),
+      weighting_state=weighting.init(len(tasks)),
+      rng=rng,
+      num_rejected=jnp.zeros((), jnp.int32))
+
+
+def _apply(model, params, model_state, inputs, train, rng=None):
+  """Predictions and the updated ``model_state`` (unchanged when there is none)."""
+  variables = {'params': params, **model_state}
+  rngs = {'dropout': rng} if rng is not None else None
+  if train and model_state:
+    preds, new_state = model.apply(variables, inputs, train=True, rngs=rngs,
+                                   mutable=list(model_state))
+    return preds, flax.core.unfreeze(new_state)
+  return model.apply(variables, inputs, train=train, rngs=rngs), model_state
+
+
+def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientTransformation,
+                    weighting: Weighting, *, schedule: Optional[Callable] = None,
+                    mesh: Optional[jax.sharding.Mesh] = None, jit: bool = True,
+                    donate: bool = True):
+  """Returns a pure ``(state, batch) -> (state, metrics)``.
+
+  Args:
+    model: a multi-task flax module returning ``{task: prediction}``.
+    tasks: the task collection; fixes the order of every ``[T]`` array.
+    optimizer: an optax transformation (its learning rate may follow ``schedule``).
+    weighting: how per-task losses are combined.
+    schedule: the learning-rate schedule, only to report ``lr`` in the metrics.
+    mesh: if given, the batch is sharded over its ``'data'`` axis and the state replicated.
+    jit: return the jit-compiled step (state donated) rather than the Python function.
+    donate: donate the input state's buffers to the output.
+
+  Metrics: ``losses`` [T], ``weights`` [T], ``loss`` (= sum_t w_t L_t), ``grad_norm``,
+  ``param_norm``, ``lr``, ``rejected`` (1 if this update was rejected as non-finite).
+  """
+
+  def train_step(state: TrainState, batch):
+    rng, dropout_rng, weighting_rng = jax.random.split(state.rng, 3)
+    applied = state.step - state.num_rejected
+
+    def losses_fn(params):
+      preds, new_model_state = _apply(model, params, state.model_state, batch['inputs'], True,
+                                      dropout_rng)
+      return tasks.losses(preds, batch), new_model_state
+
+    losses, grads, result, new_model_state = weighted_gradients(
+        losses_fn, state.params, weighting, state.weighting_state, weighting_rng, applied)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(grad_norm)
+
+    def keep_if_finite(new, old):
+      return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep_if_finite(params, state.params),
+        model_state=keep_if_finite(new_model_state, state.model_state),
+        opt_state=keep_if_finite(opt_state, state.opt_state),
+        weighting_state=keep_if_finite(result.state, state.weighting_state),
+        rng=rng,
+        num_rejected=state.num_rejected + (~finite).astype(jnp.int32))
+    metrics = {
+        'losses': losses,
+        'weights': result.weights,
+        'loss': jnp.sum(result.weights * losses),
+        'grad_norm': grad_norm,
+        'param_norm': optax.tree.norm(new_state.params),
+        'lr': jnp.asarray(schedule(applied) if schedule is not None else jnp.nan, jnp.float32),
+        'rejected': (~finite).astype(jnp.int32),
+        **{f'weighting/{k}': v for k, v in result.aux.items()},
+    }
+    return new_state, metrics
+
+  if not jit:
+    return train_step
+  shardings = {}
+  if mesh is not None:
+    replicated, data = _shardings(mesh)
+    shardings = dict(in_shardings=(replicated, data), out_shardings=(replicated, replicated))
+  return jax.jit(train_step, donate_argnums=(0,) if donate else (), **shardings)
+
+
+def make_eval_step(model: nn.Module, tasks: TaskSet, *,
+                   mesh: Optional[jax.sharding.Mesh] = None, jit: bool = True):
+  """Returns ``(params, model_state, batch) -> metric sums`` (see ``TaskSet.metric_sums``)."""
+
+  def eval_step(params, model_state, batch):
+    preds, _ = _apply(model, params, model_state, batch['inputs'], False)
+    return tasks.metric_sums(preds, batch)
+
+  if not jit:
+    return eval_step
+  shardings = {}
+  if mesh is not None:
+    replicated, data = _shardings(mesh)
+    shardings = dict(in_shardings=(replicated, replicated, data), out_shardings=replicated)
+  return jax.jit(eval_step, **shardings)
+
+
+def evaluate(eval_step, state: TrainState, tasks: TaskSet, batches) -> dict:
+  """Per-task metrics ``{task: {metric: value}}`` over an iterable of batches."""
+  total = None
+  for batch in batches:
+    sums = eval_step(state.params, state.model_state, batch)
+    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+  if total is None:
+    raise ValueError('evaluate: no batches')
+  return tasks.finalize_metrics(total)
+
+
+def _shardings(mesh):
+  P = jax.sharding.PartitionSpec
+  return (jax.sharding.NamedSharding(mesh, P()), jax.sharding.NamedSharding(mesh, P('data')))

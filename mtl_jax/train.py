@@ -1,0 +1,212 @@
+"""``train_and_evaluate(config, workdir)``: the training loop around the jitted step.
+
+Writes into ``workdir``: ``config.json``, ``metrics.jsonl`` (one line per step),
+``tensorboard/`` events, ``checkpoints/`` (orbax; resumed automatically) and
+``results.json`` (final per-task metrics; schema in the README).
+"""
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from mtl_jax import config_validation, data, models, parallel, weighting
+from mtl_jax.checkpointing import Checkpointer
+from mtl_jax.step import evaluate, init_train_state, make_eval_step, make_train_step
+from mtl_jax.tasks import TaskSet
+from mtl_jax.writers import MetricWriter
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A step produced a NaN/inf loss or gradient and ``on_nonfinite='raise'``."""
+
+
+def build_dataset(config) -> data.MultiTaskDataset:
+  d = config.data
+  return data.make_synthetic(
+      d.num_tasks, d.correlation, input_dim=d.input_dim, num_sines=d.num_sines,
+      noise_std=d.noise_std, scale=d.scale, preset=d.preset, sizes=tuple(d.sizes), seed=d.seed)
+
+
+def build_model(config, tasks: TaskSet):
+  m = config.model
+  backbone = models.get_backbone(m.backbone, hidden=tuple(m.hidden), dropout=m.dropout)
+  return models.get(m.name, tasks, backbone, tower_hidden=tuple(m.tower_hidden),
+                    dropout=m.dropout)
+
+
+def build_optimizer(config):
+  """The optax optimizer and its learning-rate schedule."""
+  o, steps = config.optim, config.train.steps
+  if o.schedule == 'constant':
+    schedule = optax.constant_schedule(o.lr)
+  elif o.schedule == 'cosine':
+    schedule = optax.cosine_decay_schedule(o.lr, steps)
+  else:
+    schedule = optax.warmup_cosine_decay_schedule(0.0, o.lr, o.warmup_steps, steps)
+  if o.name == 'adam':
+    tx = optax.adam(schedule)
+  elif o.name == 'adamw':
+    tx = optax.adamw(schedule, weight_decay=o.weight_decay)
+  else:
+    tx = optax.sgd(schedule, momentum=o.momentum or None)
+  if o.grad_clip > 0:
+    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
+  return tx, schedule
+
+
+def build_weighting(config, tasks: TaskSet) -> weighting.Weighting:
+  name = config.weighting.name
+  hparams = {k: v for k, v in config.weighting[name].items() if v is not None}
+  if name == 'static':
+    raw = hparams.pop('weights', None)
+    hparams['weights'] = (np.ones(len(tasks)) if raw is None else
+                          tasks.vector(list(raw), 'config.weighting.static.weights'))
+  try:
+    return weighting.get(name, **hparams)
+  except (TypeError, ValueError) as e:
+    raise config_validation.ConfigError(f'config.weighting.{name}: {e}') from None
+
+
+def _print_table(tasks: TaskSet, results: dict, file=None) -> None:
+  file = file or sys.stdout
+  metric_names = sorted({m for t in results.values() for m in t if m != 'count'})
+  arrows = {m: ('↑' if any(tasks.directions()[t].get(m) for t in results) else '↓')
+            for m in metric_names}
+  header = ['task'] + [f'{m} {arrows[m]}' for m in metric_names]
+  rows = [[t] + [f'{results[t][m]:.4f}' if m in results[t] else '-' for m in metric_names]
+          for t in tasks.names]
+  widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+  line = lambda r: '  '.join(c.ljust(w) for c, w in zip(r, widths))
+  print(line(header), file=file)
+  print('  '.join('-' * w for w in widths), file=file)
+  for r in rows:
+    print(line(r), file=file)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (resuming from ``workdir``'s latest checkpoint), evaluates, writes results."""
+  start_time = time.time()
+  config_validation.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+  dataset = build_dataset(config)
+  tasks = dataset.tasks
+  model = build_model(config, tasks)
+  optimizer, schedule = build_optimizer(config)
+  method = build_weighting(config, tasks)
+  mesh = parallel.make_mesh(config.train.num_devices)
+
+  train_split = dataset.split('train')
+  iterator = data.BatchIterator(train_split, config.train.batch_size, seed=config.seed)
+  sample = data.take(train_split, np.arange(config.train.batch_size))
+  state = init_train_state(model, tasks, optimizer, method, sample['inputs'],
+                           jax.random.PRNGKey(config.seed))
+  state = parallel.replicate(state, mesh)
+
+  checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
+                              max_to_keep=config.train.keep_checkpoints)
+  start_step = checkpointer.latest_step() or 0
+  if start_step:
+    state, data_state = checkpointer.restore(start_step, state)
+    iterator.set_state(data_state)
+  writer = MetricWriter(workdir, resume_step=start_step)
+
+  traces = {'train_step': 0}
+  raw_step = make_train_step(model, tasks, optimizer, method, schedule=schedule, jit=False)
+
+  def counted_step(state, batch):
+    traces['train_step'] += 1
+    return raw_step(state, batch)
+
+  shardings = dict(in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh)),
+                   out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)))
+  train_step = jax.jit(counted_step, donate_argnums=(0,), **shardings)
+
+  pending = []  # (step, device metrics) not yet written
+
+  def flush():
+    for step, metrics in jax.device_get(pending):
+      scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+      for name, loss, w in zip(tasks.names, metrics['losses'], metrics['weights']):
+        scalars[f'loss/{name}'] = float(loss)
+        scalars[f'weight/{name}'] = float(w)
+      if metrics['rejected'] and config.train.on_nonfinite == 'raise':
+        bad = [n for n, l in zip(tasks.names, metrics['losses']) if not np.isfinite(l)]
+        raise NonFiniteLossError(
+            f'step {step}: non-finite loss for task(s) {bad or "(losses finite)"}; grad norm '
+            f'{scalars["grad_norm"]}. The update was rejected; the last checkpoint '
+            f'(step {checkpointer.latest_step()}) is intact.')
+      writer.write(step, scalars)
+    pending.clear()
+    writer.flush()
+
+  checked_structure = False
+  progress = tqdm.tqdm(total=config.train.steps, initial=start_step, desc='train',
+                       disable=None, dynamic_ncols=True)
+  train_start = time.time()
+  try:
+    for step in range(start_step + 1, config.train.steps + 1):
+      batch = next(iterator)
+      if not checked_structure:
+        tasks.check_batch(batch)
+        checked_structure = True
+      tasks.check_values(batch)
+      state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
+      pending.append((step, metrics))
+      progress.update(1)
+      if step % config.train.log_every == 0 or step == config.train.steps:
+        flush()
+        progress.set_postfix(loss=f"{float(metrics['loss']):.4g}")
+      if step % config.train.checkpoint_every == 0 or step == config.train.steps:
+        flush()
+        checkpointer.save(step, state, iterator.get_state())
+    flush()
+  finally:
+    progress.close()
+    checkpointer.wait()
+    writer.close()
+  train_time = time.time() - train_start
+
+  eval_step = make_eval_step(model, tasks, mesh=mesh)
+  split_metrics = {}
+  for split in config.eval.splits:
+    batches = (parallel.shard_batch(b, mesh) for b in
+               data.eval_batches(dataset.split(split), config.eval.batch_size, tasks))
+    split_metrics[split] = evaluate(eval_step, state, tasks, batches)
+  checkpointer.close()
+
+  results = {
+      'config_name': config.name,
+      'tasks': list(tasks.names),
+      'metrics': split_metrics.get('test', {}),
+      'split_metrics': split_metrics,
+      'higher_is_better': tasks.directions(),
+      'model': config.model.name,
+      'weighting': config.weighting.name,
+      'steps': int(state.step),
+      'rejected_steps': int(state.num_rejected),
+      'resumed_from_step': start_step,
+      'train_step_traces': traces['train_step'],
+      'train_time_s': train_time,
+      'wall_time_s': time.time() - start_time,
+      'jax_version': jax.__version__,
+      'devices': [str(d) for d in mesh.devices.flat],
+  }
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    json.dump(results, f, indent=2)
+  for split, values in split_metrics.items():
+    print(f'\n{config.name}: {split} metrics after {results["steps"]} steps')
+    _print_table(tasks, values)
+  return results
+

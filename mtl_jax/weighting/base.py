@@ -1,0 +1,67 @@
+"""The weighting interface: how per-task losses (and gradients) become one update direction.
+
+A method is a pair of pure functions, in the style of ``optax.GradientTransformation``:
+
+    state = method.init(num_tasks)
+    result = method.update(inputs, state, key)      # -> WeightingResult
+
+and declares what it ``needs`` from the engine: loss values only, the Gram matrix
+G = J J^T, the per-task Jacobian J (task-stacked gradients of the shared parameters), or
+per-task gradients w.r.t. the shared representation.  Most methods return coefficients
+alpha [T]; the engine then forms the shared-parameter direction d = alpha^T J as one
+vector-Jacobian product with cotangent alpha.  Methods that are not linear in the gradients
+return ``direction`` themselves (and NaN weights).
+"""
+
+import dataclasses
+import enum
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+
+PyTree = Any
+
+
+class Needs(enum.Enum):
+  """What a method reads, from cheapest to most expensive to compute."""
+  LOSSES = 'losses'                  # loss values only: one ordinary backward pass
+  GRAM = 'gram'                      # G = J J^T over shared parameters
+  JACOBIAN = 'jacobian'              # J itself, task-stacked like the shared params
+  REPRESENTATION = 'representation'  # per-task gradients w.r.t. the shared representation
+
+
+class WeightingInputs(NamedTuple):
+  """What the engine hands a method (fields it did not compute are None)."""
+  losses: jax.Array                  # [T] per-task losses (constants: no gradient flows)
+  step: jax.Array                    # scalar int, number of updates so far
+  gram: Optional[jax.Array] = None   # [T, T]
+  jacobian: Optional[PyTree] = None  # task-stacked pytree, leaves [T, ...]
+
+
+class WeightingResult(NamedTuple):
+  """A method's output: coefficients alpha [T], its new state, an optional direction."""
+  weights: jax.Array
+  state: PyTree
+  direction: Optional[PyTree] = None
+  aux: dict = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Weighting:
+  """A task-weighting method.
+
+  Attributes:
+    name: registry key.
+    needs: what ``update`` reads from ``WeightingInputs``.
+    init: ``num_tasks -> state`` (a pytree; ``()`` for stateless methods).
+    update: ``(WeightingInputs, state, key) -> WeightingResult``; pure and jittable.
+    head_grads: 'weighted' (task-specific params get alpha_t * grad L_t, as when
+      back-propagating sum_t alpha_t L_t) or 'unweighted' (grad L_t).
+    min_tasks: the fewest tasks the method is defined for.
+  """
+  name: str
+  needs: Needs
+  init: Callable[[int], PyTree]
+  update: Callable[[WeightingInputs, PyTree, jax.Array], WeightingResult]
+  head_grads: str = 'weighted'
+  min_tasks: int = 1

@@ -1,0 +1,129 @@
+"""The train step against a hand-written optax step; tracing once; NaN rejection."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mtl_jax import models, tasks as T, weighting
+from mtl_jax.data import make_synthetic, take
+from mtl_jax.step import init_train_state, make_eval_step, make_train_step
+
+TASKS = T.TaskSet([T.regression('y1'), T.regression('y2'), T.multiclass('c', 3)])
+
+
+def _setup(method, num_tasks=3, lr=1e-2):
+  model = models.get('shared_bottom', TASKS, models.get_backbone('mlp', hidden=(16,)),
+                     tower_hidden=(8,))
+  rng = np.random.default_rng(0)
+  batch = {'inputs': rng.normal(size=(32, 6)).astype(np.float32),
+           'labels': {'y1': rng.normal(size=(32, 1)).astype(np.float32),
+                      'y2': rng.normal(size=(32,)).astype(np.float32),
+                      'c': rng.integers(0, 3, 32)},
+           'masks': {'y2': rng.random(32) < 0.5}}
+  optimizer = optax.adam(lr)
+  state = init_train_state(model, TASKS, optimizer, method, batch['inputs'],
+                           jax.random.PRNGKey(0))
+  return model, optimizer, state, batch
+
+
+def _hand_losses(model, params, batch):
+  """The three task losses written out independently of TaskSet."""
+  preds = model.apply({'params': params}, batch['inputs'])
+  y1 = jnp.mean((preds['y1'][:, 0] - batch['labels']['y1'][:, 0]) ** 2)
+  m = batch['masks']['y2']
+  y2 = jnp.sum(jnp.where(m, (preds['y2'][:, 0] - batch['labels']['y2']) ** 2, 0)) / m.sum()
+  logp = jax.nn.log_softmax(preds['c'])
+  c = -jnp.mean(logp[jnp.arange(32), batch['labels']['c']])
+  return jnp.stack([y1, y2, c])
+
+
+@pytest.mark.parametrize('method,weights', [
+    (weighting.get('ew'), np.ones(3)),
+    (weighting.get('ew', reduction='mean'), np.ones(3) / 3),
+    (weighting.get('static', weights=[0.5, 2.0, 0.0]), np.array([0.5, 2.0, 0.0])),
+])
+def test_step_equals_hand_written_optax_step(method, weights):
+  model, optimizer, state, batch = _setup(method)
+  params0 = jax.tree.map(jnp.array, state.params)
+  opt0 = optimizer.init(params0)
+  step = make_train_step(model, TASKS, optimizer, method, schedule=optax.constant_schedule(1e-2))
+  new_state, metrics = step(state, batch)
+
+  total = lambda p: jnp.dot(weights, _hand_losses(model, p, batch))
+
+  @jax.jit
+  def hand_step(params, opt_state):
+    grads = jax.grad(total)(params)
+    updates, _ = optimizer.update(grads, opt_state, params)
+    return grads, optax.apply_updates(params, updates), _hand_losses(model, params, batch)
+
+  grads, expected, hand_losses = hand_step(params0, opt0)
+
+  chex.assert_trees_all_close(new_state.params, expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(metrics['losses'], hand_losses, rtol=1e-5)
+  np.testing.assert_allclose(metrics['weights'], weights, rtol=1e-6)
+  np.testing.assert_allclose(metrics['grad_norm'], optax.tree.norm(grads), rtol=1e-5)
+  np.testing.assert_allclose(metrics['param_norm'], optax.tree.norm(expected), rtol=1e-5)
+  np.testing.assert_allclose(metrics['lr'], 1e-2)
+  assert int(new_state.step) == 1 and int(metrics['rejected']) == 0
+
+
+def test_step_traces_once_over_many_steps():
+  method = weighting.get('ew')
+  model, optimizer, state, batch = _setup(method)
+  raw = make_train_step(model, TASKS, optimizer, method, jit=False)
+  step = jax.jit(chex.assert_max_traces(raw, n=1), donate_argnums=0)
+  rng = np.random.default_rng(1)
+  for _ in range(5):  # new values, same shapes: no retrace
+    batch = jax.tree.map(lambda a: a[rng.permutation(32)], batch)
+    state, _ = step(state, batch)
+  assert int(state.step) == 5
+
+
+@pytest.mark.parametrize('bad', ['nan_input', 'inf_label'])
+def test_nonfinite_loss_is_rejected(bad):
+  method = weighting.get('ew')
+  model, optimizer, state, batch = _setup(method)
+  step = make_train_step(model, TASKS, optimizer, method, donate=False)
+  bad_batch = jax.tree.map(np.copy, batch)
+  if bad == 'nan_input':
+    bad_batch['inputs'][0, 0] = np.nan
+  else:
+    bad_batch['labels']['y1'][3, 0] = np.inf
+  before = jax.tree.map(np.asarray, state)
+  rejected, metrics = step(state, bad_batch)
+  assert int(metrics['rejected']) == 1 and int(rejected.num_rejected) == 1
+  assert not np.all(np.isfinite(metrics['losses']))
+  chex.assert_trees_all_equal(rejected.params, before.params)
+  chex.assert_trees_all_equal(rejected.opt_state, before.opt_state)
+  assert int(rejected.step) == 1
+  # A good batch afterwards trains normally.
+  after, metrics = step(rejected, batch)
+  assert int(metrics['rejected']) == 0 and int(after.num_rejected) == 1
+  chex.assert_tree_all_finite(after.params)
+  assert not np.allclose(after.params['shared']['Dense_0']['kernel'],
+                         before.params['shared']['Dense_0']['kernel'])
+
+
+def test_training_reduces_test_error_on_synthetic_data():
+  ds = make_synthetic(2, 0.9, input_dim=16, preset='keras_mmoe', sizes=(2048, 256, 256))
+  model = models.get('shared_bottom', ds.tasks, models.get_backbone('mlp', hidden=(32,)),
+                     tower_hidden=(8,))
+  method, optimizer = weighting.get('ew'), optax.adam(3e-3)
+  train = ds.split('train')
+  state = init_train_state(model, ds.tasks, optimizer, method, take(train, np.arange(64))['inputs'],
+                           jax.random.PRNGKey(0))
+  step = make_train_step(model, ds.tasks, optimizer, method)
+  eval_step = make_eval_step(model, ds.tasks)
+  test = ds.split('test')
+  before = ds.tasks.finalize_metrics(eval_step(state.params, state.model_state, test))
+  rng = np.random.default_rng(0)
+  for _ in range(300):
+    state, _ = step(state, take(train, rng.integers(0, 2048, 64)))
+  after = ds.tasks.finalize_metrics(eval_step(state.params, state.model_state, test))
+  for name in ds.tasks.names:
+    variance = np.var(test['labels'][name])
+    assert after[name]['mse'] < 0.5 * variance < before[name]['mse']

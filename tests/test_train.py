@@ -1,0 +1,95 @@
+"""train_and_evaluate: outputs, one compilation, resume, non-finite losses, the CLI."""
+
+import glob
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from mtl_jax import train
+from tests.conftest import run_python, tiny_config
+
+RESULT_KEYS = {'config_name', 'tasks', 'metrics', 'split_metrics', 'higher_is_better', 'model',
+               'weighting', 'steps', 'rejected_steps', 'resumed_from_step', 'train_step_traces',
+               'train_time_s', 'wall_time_s', 'jax_version', 'devices'}
+
+
+def test_outputs_and_a_single_compilation(tmp_path, capsys):
+  workdir = str(tmp_path)
+  results = train.train_and_evaluate(tiny_config(**{'data.num_tasks': 3}), workdir)
+  assert set(results) == RESULT_KEYS
+  on_disk = json.load(open(os.path.join(workdir, 'results.json')))
+  assert on_disk == json.loads(json.dumps(results))
+  assert results['tasks'] == ['y1', 'y2', 'y3'] and results['steps'] == 30
+  assert results['train_step_traces'] == 1
+  assert results['jax_version'] == jax.__version__ and results['devices']
+  assert set(results['metrics']['y2']) == {'mse', 'mae', 'count'}
+  assert results['metrics']['y2']['count'] == 96
+  lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert [l['step'] for l in lines] == list(range(1, 31))
+  assert {'loss/y3', 'weight/y1', 'grad_norm', 'param_norm', 'lr', 'rejected'} <= set(lines[0])
+  assert glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*'))
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit())
+  assert steps == [10, 20, 30]
+  table = capsys.readouterr().out
+  assert 'test metrics after 30 steps' in table and 'mse ↓' in table and 'y3' in table
+
+  # Running again resumes from the final checkpoint: nothing to train, the same results.
+  again = train.train_and_evaluate(tiny_config(**{'data.num_tasks': 3}), workdir)
+  assert again['resumed_from_step'] == 30 and again['metrics'] == results['metrics']
+  assert len(open(os.path.join(workdir, 'metrics.jsonl')).readlines()) == 30
+
+
+def test_static_weights_from_the_config(tmp_path):
+  results = train.train_and_evaluate(
+      tiny_config(**{'weighting.name': 'static', 'weighting.static.weights': (2.0, 0.25)}),
+      str(tmp_path))
+  line = json.loads(open(os.path.join(tmp_path, 'metrics.jsonl')).readline())
+  assert (line['weight/y1'], line['weight/y2']) == (2.0, 0.25)
+  assert line['loss'] == pytest.approx(2.0 * line['loss/y1'] + 0.25 * line['loss/y2'], rel=1e-5)
+  assert results['weighting'] == 'static'
+
+
+DIVERGENT = {'optim.name': 'sgd', 'optim.lr': 1e3, 'optim.momentum': 0.0,
+             'train.checkpoint_every': 1, 'train.steps': 40}
+
+
+def test_nonfinite_loss_raises_and_keeps_the_last_good_checkpoint(tmp_path):
+  with pytest.raises(train.NonFiniteLossError, match=r"step (\d+): non-finite loss for task") as e:
+    train.train_and_evaluate(tiny_config(**DIVERGENT, **{'train.on_nonfinite': 'raise'}),
+                             str(tmp_path))
+  bad_step = int(e.value.args[0].split()[1].rstrip(':'))
+  steps = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit())
+  assert steps and max(steps) == bad_step - 1  # nothing saved at or after the bad step
+  restored = ocp.StandardCheckpointer().restore(str(tmp_path / 'checkpoints' / str(max(steps))
+                                                    / 'state'))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored['params']))
+  assert int(restored['num_rejected']) == 0
+
+
+def test_nonfinite_loss_is_skipped_and_counted(tmp_path):
+  results = train.train_and_evaluate(tiny_config(**DIVERGENT), str(tmp_path))
+  assert 0 < results['rejected_steps'] < 40 and results['steps'] == 40
+  restored = ocp.StandardCheckpointer().restore(str(tmp_path / 'checkpoints' / '40' / 'state'))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored['params']))
+  lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  assert sum(l['rejected'] for l in lines) == results['rejected_steps']
+  assert any(math.isnan(l['loss']) or math.isinf(l['loss']) for l in lines)
+
+
+def test_cli_overrides_and_config_errors(tmp_path):
+  base = ['-m', 'mtl_jax.main', '--config=mtl_jax/configs/tiny.py', f'--workdir={tmp_path}']
+  proc = run_python(base + ['--config.train.steps=12', '--config.weighting.ew.reduction=mean'])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.load(open(tmp_path / 'results.json'))['steps'] == 12
+  line = json.loads(open(tmp_path / 'metrics.jsonl').readline())
+  assert line['weight/y1'] == 0.5
+
+  proc = run_python(base + ['--config.optim.lr=-1'])
+  assert proc.returncode != 0 and 'config.optim.lr: must be > 0' in proc.stderr
+  proc = run_python(base + ['--config.optim.lrr=0.1'])
+  assert proc.returncode != 0 and 'lrr' in proc.stderr
