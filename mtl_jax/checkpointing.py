@@ -13,10 +13,9 @@ import orbax.checkpoint as ocp
 
 
 class Checkpointer:
-  """Periodic saves in ``directory``, keeping the last ``max_to_keep``."""
+  """Saves in ``directory``, keeping the last ``max_to_keep``."""
 
-  def __init__(self, directory: str, *, max_to_keep: int = 3, save_every: int = 1000):
-    self.save_every = save_every
+  def __init__(self, directory: str, *, max_to_keep: int = 3):
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, save_interval_steps=1, create=True,
         cleanup_tmp_directories=True)

@@ -37,11 +37,11 @@ def shard_batch(batch, mesh):
   sharding = data_sharded(mesh)
   size = mesh.shape['data']
 
-  def put(x):
+  def put(path, x):
     x = np.asarray(x)
-    if x.shape[0] % size:
-      raise ValueError(f'batch size {x.shape[0]} is not divisible by the {size} devices of the '
-                       "mesh's 'data' axis")
+    if x.ndim == 0 or x.shape[0] % size:
+      raise ValueError(f'batch{jax.tree_util.keystr(path)}: leading size {x.shape[:1]} is not '
+                       f"divisible by the {size} devices of the mesh's 'data' axis")
     return jax.make_array_from_process_local_data(sharding, x)
 
-  return jax.tree.map(put, batch)
+  return jax.tree_util.tree_map_with_path(put, batch)

@@ -4,7 +4,8 @@
 
 computes all per-task losses in one vectorised pass, combines them with a ``Weighting``,
 and applies an optax update.  An update whose losses or gradients are not finite is
-rejected: params, optimizer and weighting state stay as they were, ``num_rejected`` grows.
+rejected (as is one whose update overflows): params, model, optimizer and weighting state
+stay as they were, ``num_rejected`` grows.
 """
 
 from typing import Any, Callable, Optional
@@ -50,6 +51,9 @@ def init_train_state(model: nn.Module, tasks: TaskSet, optimizer: optax.Gradient
   variables = init({'params': init_rng, 'dropout': init_rng}, sample_inputs, train=False)
   variables = flax.core.unfreeze(variables)
   params = variables.pop('params')
+  if set(params) != {'shared', 'task'}:
+    raise ValueError("a multi-task model's params must have exactly the top-level subtrees "
+                     f"'shared' and 'task', got {sorted(params)}")
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
@@ -105,7 +109,8 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
-    finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(grad_norm)
+    finite = (jnp.all(jnp.isfinite(losses)) & jnp.isfinite(grad_norm)
+              & jnp.isfinite(optax.tree.norm(updates)))
 
     def keep_if_finite(new, old):
       return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)

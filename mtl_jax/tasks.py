@@ -180,7 +180,7 @@ class TaskSet:
                          f"(batch['labels']['{t.name}']); mark missing labels with "
                          f"batch['masks']['{t.name}'] = 0 instead")
       shape = tuple(batch['labels'][t.name].shape)
-      ok = shape in {(size,) + t.label_shape, (size,)} if t.out_dim == 1 or t.kind == 'multiclass' \
+      ok = shape in {(size,), (size, 1)} if t.out_dim == 1 or t.kind == 'multiclass' \
           else shape == (size,) + t.label_shape
       if not ok:
         raise ValueError(f"task '{t.name}' ({t.kind}, out_dim {t.out_dim}): label shape {shape}"
@@ -200,14 +200,20 @@ class TaskSet:
     masks = batch.get('masks') or {}
     for name in self.names:
       y = np.asarray(batch['labels'][name])
-      if not np.issubdtype(y.dtype, np.inexact):
-        continue
-      bad = ~np.isfinite(y).reshape(len(y), -1).all(axis=1)
-      if name in masks:
-        bad &= np.asarray(masks[name]).astype(bool)
-      if bad.any():
-        raise ValueError(f"task '{name}': NaN or inf in {int(bad.sum())} labelled sample(s); "
-                         f"set batch['masks']['{name}'] = 0 for missing labels")
+      labelled = (np.asarray(masks[name]).astype(bool) if name in masks
+                  else np.ones(len(y), bool))
+      if np.issubdtype(y.dtype, np.inexact):
+        bad = ~np.isfinite(y).reshape(len(y), -1).all(axis=1) & labelled
+        if bad.any():
+          raise ValueError(f"task '{name}': NaN or inf in {int(bad.sum())} labelled sample(s); "
+                           f"set batch['masks']['{name}'] = 0 for missing labels")
+      task = self[name]
+      if task.kind == 'multiclass':
+        classes = y.reshape(len(y))[labelled]
+        if classes.size and (np.any(classes < 0) or np.any(classes >= task.out_dim) or
+                             np.any(classes != np.round(classes))):
+          raise ValueError(f"task '{name}': class labels must be integers in [0, "
+                           f'{task.out_dim}), got values in [{classes.min()}, {classes.max()}]')
 
   # ---- vectorised losses and metrics ------------------------------------------------------
 
@@ -227,10 +233,13 @@ class TaskSet:
       if tuple(p.shape) != (size, proto.out_dim):
         raise ValueError(f"task '{name}' ({proto.kind}): prediction shape {tuple(p.shape)} does "
                          f'not match ({size}, {proto.out_dim})')
-      y = y.reshape((size,) + proto.label_shape)
-      y = y.astype(jnp.int32) if proto.kind == 'multiclass' else y.astype(p.dtype)
+      if tuple(y.shape) != (size,) + proto.label_shape:
+        y = y.reshape((size,) + proto.label_shape)
+      dtype = jnp.int32 if proto.kind == 'multiclass' else p.dtype
+      if y.dtype != dtype:
+        y = y.astype(dtype)
       m = masks_in.get(name)
-      m = jnp.ones((size,), bool) if m is None else m.astype(bool)
+      m = jnp.ones((size,), bool) if m is None else m if m.dtype == bool else m.astype(bool)
       preds.append(p)
       labels.append(y)
       masks.append(m)

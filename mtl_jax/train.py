@@ -31,9 +31,13 @@ class NonFiniteLossError(FloatingPointError):
 
 def build_dataset(config) -> data.MultiTaskDataset:
   d = config.data
-  return data.make_synthetic(
-      d.num_tasks, d.correlation, input_dim=d.input_dim, num_sines=d.num_sines,
-      noise_std=d.noise_std, scale=d.scale, preset=d.preset, sizes=tuple(d.sizes), seed=d.seed)
+  try:
+    return data.make_synthetic(
+        d.num_tasks, d.correlation, input_dim=d.input_dim, num_sines=d.num_sines,
+        noise_std=d.noise_std, scale=d.scale, preset=d.preset, sizes=tuple(d.sizes),
+        seed=d.seed)
+  except ValueError as e:
+    raise config_validation.ConfigError(f'config.data: {e}') from None
 
 
 def build_model(config, tasks: TaskSet):
@@ -97,7 +101,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   start_time = time.time()
   config_validation.validate(config)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+  checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
+                              max_to_keep=config.train.keep_checkpoints)
+  config_path = os.path.join(workdir, 'config.json')
+  if checkpointer.latest_step() is not None and os.path.exists(config_path):
+    with open(config_path) as f:
+      config_validation.check_resumable(json.load(f), config)
+  with open(config_path, 'w') as f:
     f.write(config.to_json_best_effort(indent=2))
 
   dataset = build_dataset(config)
@@ -106,16 +116,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   optimizer, schedule = build_optimizer(config)
   method = build_weighting(config, tasks)
   mesh = parallel.make_mesh(config.train.num_devices)
+  devices = mesh.shape['data']
+  for field in ('train.batch_size', 'eval.batch_size'):
+    section, key = field.split('.')
+    if config[section][key] % devices:
+      raise config_validation.ConfigError(
+          f'config.{field}: must be divisible by the {devices} devices of the mesh, got '
+          f'{config[section][key]}')
 
   train_split = dataset.split('train')
-  iterator = data.BatchIterator(train_split, config.train.batch_size, seed=config.seed)
+  iterator = data.BatchIterator(train_split, config.train.batch_size, seed=config.seed,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count())
   sample = data.take(train_split, np.arange(config.train.batch_size))
   state = init_train_state(model, tasks, optimizer, method, sample['inputs'],
                            jax.random.PRNGKey(config.seed))
   state = parallel.replicate(state, mesh)
 
-  checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
-                              max_to_keep=config.train.keep_checkpoints)
   start_step = checkpointer.latest_step() or 0
   if start_step:
     state, data_state = checkpointer.restore(start_step, state)

@@ -17,8 +17,14 @@ class MetricWriter:
   def __init__(self, workdir: str, resume_step: int = 0):
     self.path = os.path.join(workdir, 'metrics.jsonl')
     if resume_step and os.path.exists(self.path):
+      kept = []
       with open(self.path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)['step'] <= resume_step]
+        for line in f:
+          try:
+            if json.loads(line)['step'] <= resume_step:
+              kept.append(line)
+          except (json.JSONDecodeError, KeyError):
+            pass  # a line cut short when the previous run was killed
       with open(self.path, 'w') as f:
         f.writelines(kept)
     elif os.path.exists(self.path):

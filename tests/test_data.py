@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mtl_jax.data import BatchIterator, make_synthetic, num_examples
+from mtl_jax.data import BatchIterator, eval_batches, make_synthetic, num_examples
 from mtl_jax.data.synthetic import PRESETS, task_vectors
 
 
@@ -92,3 +92,33 @@ def test_iterator_state_round_trip_reproduces_the_stream():
     np.testing.assert_array_equal(next(resumed)['inputs'][:, 0], stream[k])
   with pytest.raises(ValueError, match='does not match'):
     BatchIterator(_split(20), batch_size=5, seed=7).set_state(state)
+
+
+def test_process_shards_partition_the_global_batch():
+  split = _split(40)
+  whole = BatchIterator(split, batch_size=8, seed=3)
+  shards = [BatchIterator(split, batch_size=8, seed=3, process_index=i, process_count=4)
+            for i in range(4)]
+  for _ in range(7):  # crosses an epoch boundary
+    expected = next(whole)['inputs'][:, 0]
+    parts = [next(s)['inputs'][:, 0] for s in shards]
+    assert all(len(p) == 2 for p in parts)
+    np.testing.assert_array_equal(np.concatenate(parts), expected)
+  with pytest.raises(ValueError, match='split evenly over 3 processes'):
+    BatchIterator(split, batch_size=8, seed=3, process_index=0, process_count=3)
+
+
+def test_batches_always_carry_a_mask_per_task():
+  split = _split(10)
+  split['labels']['z'] = np.ones(10)
+  split['masks'] = {'z': np.arange(10) % 2 == 0}
+  batch = next(BatchIterator(split, batch_size=4, seed=0, shuffle=False))
+  assert set(batch['masks']) == {'y', 'z'}
+  np.testing.assert_array_equal(batch['masks']['y'], True)
+  np.testing.assert_array_equal(batch['masks']['z'], [True, False, True, False])
+
+
+def test_iterator_rejects_a_position_from_another_data_set():
+  state = BatchIterator(_split(20), batch_size=6, seed=7).get_state()
+  with pytest.raises(ValueError, match='num_examples 20 != 26'):
+    BatchIterator(_split(26), batch_size=6, seed=7).set_state(state)

@@ -100,21 +100,25 @@ def test_eval_metrics_over_padded_batches_match_numpy(setting):
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
   got = tasks.finalize_metrics(total)
 
-  m = masks
-  np.testing.assert_allclose(got['r']['mse'], ((preds['r'] - labels['r'])[m['r']] ** 2).mean(),
-                             rtol=1e-5)
-  np.testing.assert_allclose(got['r']['mae'], np.abs(preds['r'] - labels['r'])[m['r']].mean(),
-                             rtol=1e-5)
-  np.testing.assert_allclose(got['b']['accuracy'],
-                             ((preds['b'][:, 0] > 0) == (labels['b'] > 0.5))[m['b']].mean(),
-                             rtol=1e-6)
-  np.testing.assert_allclose(got['c']['accuracy'],
-                             (preds['c'].argmax(-1) == labels['c'])[m['c']].mean(), rtol=1e-6)
-  np.testing.assert_allclose(got['c']['loss'], _softmax_ce(preds['c'], labels['c'])[m['c']].mean(),
-                             rtol=1e-5)
-  np.testing.assert_allclose(got['m']['accuracy'],
-                             ((preds['m'] > 0) == (labels['m'] > 0.5))[m['m']].mean(), rtol=1e-6)
-  assert got['b']['count'] == m['b'].sum()
+  def numpy_metric(name, metric):
+    p, y, m = preds[name], labels[name], masks[name]
+    per_sample = {
+        'mse': lambda: ((p - y) ** 2).mean(-1),
+        'mae': lambda: np.abs(p - y).mean(-1),
+        'accuracy': lambda: (p.argmax(-1) == y) if name == 'c' else
+                            ((p > 0) == (y.reshape(n, -1) > 0.5)).mean(-1),
+        'loss': lambda: _softmax_ce(p, y) if name == 'c' else _bce(p, y.reshape(n, -1)).mean(-1),
+    }[metric]()
+    return per_sample[m].mean()
+
+  checked = 0
+  for name in tasks.names:
+    assert got[name]['count'] == masks[name].sum()
+    for metric in tasks[name].metrics:
+      np.testing.assert_allclose(got[name][metric.name], numpy_metric(name, metric.name),
+                                 rtol=1e-5, err_msg=f'{name}/{metric.name}')
+      checked += 1
+  assert checked == 10
 
 
 def test_rmse_finalizes_with_sqrt():

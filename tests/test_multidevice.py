@@ -55,8 +55,21 @@ WORKER = textwrap.dedent('''
     one, losses_one = run(None)
     four, losses_four = run(parallel.make_mesh(4))
     diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), one, four))
+
+    # The whole experiment on the 4-device mesh, and a batch size the mesh cannot split.
+    import sys, tempfile
+    from mtl_jax import train
+    from mtl_jax.config_validation import ConfigError
+    from tests.conftest import tiny_config
+    results = train.train_and_evaluate(tiny_config(), tempfile.mkdtemp())
+    try:
+        train.train_and_evaluate(tiny_config(**{'eval.batch_size': 30}), tempfile.mkdtemp())
+        error = None
+    except ConfigError as e:
+        error = str(e)
     print(json.dumps({'max_param_diff': max(diffs), 'losses_one': losses_one,
-                      'losses_four': losses_four}))
+                      'losses_four': losses_four, 'devices': results['devices'],
+                      'traces': results['train_step_traces'], 'error': error}))
 ''')
 
 
@@ -65,6 +78,8 @@ def test_four_device_step_equals_one_device_step():
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out['max_param_diff'] <= 1e-5, out
+  assert len(out['devices']) == 4 and out['traces'] == 1
+  assert out['error'].startswith('config.eval.batch_size: must be divisible by the 4 devices')
   for a, b in zip(out['losses_one'], out['losses_four']):
     for x, y in zip(a, b):
       assert abs(x - y) <= 1e-5 * max(1.0, abs(x)), out

@@ -11,19 +11,22 @@ from mtl_jax import models, tasks as T, weighting
 from mtl_jax.data import make_synthetic, take
 from mtl_jax.step import init_train_state, make_eval_step, make_train_step
 
-TASKS = T.TaskSet([T.regression('y1'), T.regression('y2'), T.multiclass('c', 3)])
+TASKS = T.TaskSet([T.regression('y1'), T.regression('y2'), T.multiclass('c', 3), T.binary('b'),
+                   T.multilabel('m', 4)])
 
 
-def _setup(method, num_tasks=3, lr=1e-2):
+def _setup(method, optimizer=None):
   model = models.get('shared_bottom', TASKS, models.get_backbone('mlp', hidden=(16,)),
                      tower_hidden=(8,))
   rng = np.random.default_rng(0)
   batch = {'inputs': rng.normal(size=(32, 6)).astype(np.float32),
            'labels': {'y1': rng.normal(size=(32, 1)).astype(np.float32),
                       'y2': rng.normal(size=(32,)).astype(np.float32),
-                      'c': rng.integers(0, 3, 32)},
+                      'c': rng.integers(0, 3, 32),
+                      'b': rng.integers(0, 2, 32).astype(np.float32),
+                      'm': rng.integers(0, 2, (32, 4)).astype(np.float32)},
            'masks': {'y2': rng.random(32) < 0.5}}
-  optimizer = optax.adam(lr)
+  optimizer = optimizer or optax.adam(1e-2)
   state = init_train_state(model, TASKS, optimizer, method, batch['inputs'],
                            jax.random.PRNGKey(0))
   return model, optimizer, state, batch
@@ -37,13 +40,17 @@ def _hand_losses(model, params, batch):
   y2 = jnp.sum(jnp.where(m, (preds['y2'][:, 0] - batch['labels']['y2']) ** 2, 0)) / m.sum()
   logp = jax.nn.log_softmax(preds['c'])
   c = -jnp.mean(logp[jnp.arange(32), batch['labels']['c']])
-  return jnp.stack([y1, y2, c])
+  bce = lambda z, y: -(y * jax.nn.log_sigmoid(z) + (1 - y) * jax.nn.log_sigmoid(-z))
+  b = jnp.mean(bce(preds['b'][:, 0], batch['labels']['b']))
+  m = jnp.mean(bce(preds['m'], batch['labels']['m']))
+  return jnp.stack([y1, y2, c, b, m])
 
 
 @pytest.mark.parametrize('method,weights', [
-    (weighting.get('ew'), np.ones(3)),
-    (weighting.get('ew', reduction='mean'), np.ones(3) / 3),
-    (weighting.get('static', weights=[0.5, 2.0, 0.0]), np.array([0.5, 2.0, 0.0])),
+    (weighting.get('ew'), np.ones(5)),
+    (weighting.get('ew', reduction='mean'), np.ones(5) / 5),
+    (weighting.get('static', weights=[0.5, 2.0, 0.0, 1.0, 3.0]),
+     np.array([0.5, 2.0, 0.0, 1.0, 3.0])),
 ])
 def test_step_equals_hand_written_optax_step(method, weights):
   model, optimizer, state, batch = _setup(method)
@@ -83,26 +90,42 @@ def test_step_traces_once_over_many_steps():
   assert int(state.step) == 5
 
 
-@pytest.mark.parametrize('bad', ['nan_input', 'inf_label'])
+def _counting_weighting():
+  """EW with a state that counts its updates, to see that a rejected step leaves it alone."""
+  def update(inputs, state, key):
+    return weighting.WeightingResult(jnp.ones_like(inputs.losses), state + 1)
+  return weighting.Weighting('counting', weighting.Needs.LOSSES, lambda n: jnp.zeros(()), update)
+
+
+@pytest.mark.parametrize('bad', ['nan_input', 'inf_label', 'overflowing_update'])
 def test_nonfinite_loss_is_rejected(bad):
-  method = weighting.get('ew')
+  method = _counting_weighting()
+  # A huge step size makes the update overflow to inf although losses and gradients are finite.
+  blowup = optax.chain(optax.scale(3e38), optax.scale(10.0))
   model, optimizer, state, batch = _setup(method)
-  step = make_train_step(model, TASKS, optimizer, method, donate=False)
   bad_batch = jax.tree.map(np.copy, batch)
+  bad_step = make_train_step(model, TASKS, optimizer, method, donate=False)
   if bad == 'nan_input':
     bad_batch['inputs'][0, 0] = np.nan
-  else:
+  elif bad == 'inf_label':
     bad_batch['labels']['y1'][3, 0] = np.inf
+  else:
+    bad_step = make_train_step(model, TASKS, blowup, method, donate=False)
   before = jax.tree.map(np.asarray, state)
-  rejected, metrics = step(state, bad_batch)
+  rejected, metrics = bad_step(state, bad_batch)
   assert int(metrics['rejected']) == 1 and int(rejected.num_rejected) == 1
-  assert not np.all(np.isfinite(metrics['losses']))
-  chex.assert_trees_all_equal(rejected.params, before.params)
-  chex.assert_trees_all_equal(rejected.opt_state, before.opt_state)
+  if bad == 'overflowing_update':
+    assert np.all(np.isfinite(metrics['losses'])) and np.isfinite(metrics['grad_norm'])
+  else:
+    assert not np.all(np.isfinite(metrics['losses']))
+  for field in ('params', 'opt_state', 'weighting_state', 'model_state'):
+    chex.assert_trees_all_equal(getattr(rejected, field), getattr(before, field))
   assert int(rejected.step) == 1
+  step = make_train_step(model, TASKS, optimizer, method, donate=False)
   # A good batch afterwards trains normally.
   after, metrics = step(rejected, batch)
   assert int(metrics['rejected']) == 0 and int(after.num_rejected) == 1
+  assert int(after.weighting_state) == 1
   chex.assert_tree_all_finite(after.params)
   assert not np.allclose(after.params['shared']['Dense_0']['kernel'],
                          before.params['shared']['Dense_0']['kernel'])

@@ -11,6 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mtl_jax import train
+from mtl_jax.config_validation import ConfigError
 from tests.conftest import run_python, tiny_config
 
 RESULT_KEYS = {'config_name', 'tasks', 'metrics', 'split_metrics', 'higher_is_better', 'model',
@@ -79,6 +80,31 @@ def test_nonfinite_loss_is_skipped_and_counted(tmp_path):
   lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
   assert sum(l['rejected'] for l in lines) == results['rejected_steps']
   assert any(math.isnan(l['loss']) or math.isinf(l['loss']) for l in lines)
+  # A rejected step leaves the params as they were: the same norm as the step before.
+  for before, now in zip(lines, lines[1:]):
+    if now['rejected']:
+      assert now['param_norm'] == before['param_norm']
+
+
+def test_resume_with_a_changed_config_is_refused(tmp_path):
+  train.train_and_evaluate(tiny_config(**{'train.steps': 10}), str(tmp_path))
+  with pytest.raises(ConfigError, match=r'config.model.hidden: \[16\] in the checkpointed run'):
+    train.train_and_evaluate(tiny_config(**{'train.steps': 20, 'model.hidden': (32,)}),
+                             str(tmp_path))
+  # More steps, same run: allowed, and resumes where it stopped.
+  results = train.train_and_evaluate(tiny_config(**{'train.steps': 20}), str(tmp_path))
+  assert results['resumed_from_step'] == 10 and results['steps'] == 20
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
+  from mtl_jax.writers import MetricWriter
+  with open(tmp_path / 'metrics.jsonl', 'w') as f:
+    f.write('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.5}\n{"step": 3, "lo')
+  writer = MetricWriter(str(tmp_path), resume_step=2)
+  writer.write(3, {'loss': 0.25})
+  writer.close()
+  steps = [json.loads(l)['step'] for l in open(tmp_path / 'metrics.jsonl')]
+  assert steps == [1, 2, 3]
 
 
 def test_cli_overrides_and_config_errors(tmp_path):

@@ -24,8 +24,8 @@ class MultiTaskDataset:
   def __post_init__(self):
     for split_name, split in self.splits.items():
       size = num_examples(split)
-      self.tasks.check_batch(split)
       try:
+        self.tasks.check_batch(split)
         self.tasks.check_values(split)
       except ValueError as e:
         raise ValueError(f'data set {self.name!r}, split {split_name!r}: {e}') from None
@@ -48,15 +48,37 @@ def take(split: Mapping, index) -> dict:
   return jax.tree.map(lambda a: a[index], dict(split))
 
 
-class BatchIterator:
-  """Endless shuffled batches; ``get_state``/``set_state`` save and restore the position."""
+def with_all_masks(batch: Mapping) -> dict:
+  """The batch with a mask for every labelled task (ones where none was given), so that every
+  batch of a data set has the same pytree structure."""
+  batch = dict(batch)
+  masks = dict(batch.get('masks') or {})
+  for name, label in batch['labels'].items():
+    if name not in masks:
+      masks[name] = np.ones(len(label), bool)
+  batch['masks'] = masks
+  return batch
 
-  def __init__(self, split: Mapping, batch_size: int, seed: int, *, shuffle: bool = True):
+
+class BatchIterator:
+  """Endless shuffled batches; ``get_state``/``set_state`` save and restore the position.
+
+  ``batch_size`` is the global batch.  With ``process_count > 1`` every process draws the same
+  global batch and yields its own contiguous ``batch_size / process_count`` rows of it.
+  """
+
+  def __init__(self, split: Mapping, batch_size: int, seed: int, *, shuffle: bool = True,
+               process_index: int = 0, process_count: int = 1):
     size = num_examples(split)
     if not 0 < batch_size <= size:
       raise ValueError(f'batch_size must be in [1, {size}] for a split of {size} examples, '
                        f'got {batch_size}')
+    if batch_size % process_count or not 0 <= process_index < process_count:
+      raise ValueError(f'batch_size {batch_size} must split evenly over {process_count} '
+                       f'processes (process_index {process_index})')
     self._split, self.batch_size, self.seed, self.shuffle = split, batch_size, seed, shuffle
+    self._local = slice(process_index * batch_size // process_count,
+                        (process_index + 1) * batch_size // process_count)
     self.batches_per_epoch = size // batch_size  # the remainder of each epoch is dropped
     self._epoch, self._index = 0, 0
     self._order = self._permutation(0)
@@ -71,22 +93,24 @@ class BatchIterator:
     return self
 
   def __next__(self) -> dict:
-    if self._index == self.batches_per_epoch:
+    if self._index >= self.batches_per_epoch:
       self._epoch, self._index = self._epoch + 1, 0
       self._order = self._permutation(self._epoch)
     start = self._index * self.batch_size
     self._index += 1
-    return take(self._split, self._order[start:start + self.batch_size])
+    rows = self._order[start:start + self.batch_size][self._local]
+    return with_all_masks(take(self._split, rows))
 
   def get_state(self) -> dict:
     return {'epoch': self._epoch, 'index': self._index, 'seed': self.seed,
-            'batch_size': self.batch_size}
+            'batch_size': self.batch_size, 'num_examples': num_examples(self._split)}
 
   def set_state(self, state: Mapping) -> None:
-    if (state['seed'], state['batch_size']) != (self.seed, self.batch_size):
-      raise ValueError(f'iterator state for seed {state["seed"]}, batch size '
-                       f'{state["batch_size"]} does not match this iterator (seed {self.seed}, '
-                       f'batch size {self.batch_size})')
+    mine = self.get_state()
+    changed = [k for k in ('seed', 'batch_size', 'num_examples') if state.get(k) != mine[k]]
+    if changed:
+      raise ValueError('iterator state does not match this iterator: ' + ', '.join(
+          f'{k} {state.get(k)} != {mine[k]}' for k in changed))
     self._epoch, self._index = int(state['epoch']), int(state['index'])
     self._order = self._permutation(self._epoch)
 
@@ -100,8 +124,7 @@ def eval_batches(split: Mapping, batch_size: int, tasks: TaskSet) -> Iterator[di
   for start in range(0, size, batch_size):
     index = np.arange(start, start + batch_size)
     valid = index < size
-    batch = take(split, np.minimum(index, size - 1))
-    masks = dict(batch.get('masks') or {})
-    batch['masks'] = {n: (np.asarray(masks[n]).astype(bool) if n in masks else
-                          np.ones(batch_size, bool)) & valid for n in tasks.names}
+    batch = with_all_masks(take(split, np.minimum(index, size - 1)))
+    batch['masks'] = {n: np.asarray(batch['masks'][n]).astype(bool) & valid
+                      for n in tasks.names}
     yield batch

@@ -43,7 +43,7 @@ class StackedTowers(nn.Module):
         Tower,
         in_axes=(0 if self.per_task_inputs else None, None),
         out_axes=0,
-        variable_axes={'params': 0},
+        variable_axes={'params': 0, 'batch_stats': 0},
         split_rngs={'params': True, 'dropout': True},
         axis_size=self.num)
     return vmapped(self.hidden, self.out_dim, self.dropout, name='towers')(x, train)

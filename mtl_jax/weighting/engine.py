@@ -16,12 +16,16 @@ from mtl_jax.weighting.base import Needs, Weighting, WeightingInputs
 
 def weighted_gradients(losses_fn, params, method: Weighting, state, key, step):
   """Returns ``(losses [T], grads, WeightingResult, aux)`` for one batch."""
+  if method.needs is not Needs.LOSSES or method.head_grads != 'weighted':
+    raise ValueError(f'weighting {method.name!r} needs {method.needs.value} with '
+                     f'{method.head_grads} head gradients; this engine computes loss values '
+                     'and weighted head gradients only')
   losses, vjp_fn, aux = jax.vjp(losses_fn, params, has_aux=True)
-  if method.needs is not Needs.LOSSES:
-    raise ValueError(f'weighting {method.name!r} needs {method.needs.value}; this engine '
-                     'computes loss values only')
   inputs = WeightingInputs(losses=jax.lax.stop_gradient(losses), step=step)
   result = method.update(inputs, state, key)
+  if result.direction is not None:
+    raise ValueError(f'weighting {method.name!r} returned a direction; this engine applies '
+                     'linear weights only')
   alpha = jax.lax.stop_gradient(result.weights).astype(losses.dtype)
   if alpha.shape != losses.shape:
     raise ValueError(f'weighting {method.name!r} returned weights of shape {alpha.shape} for '
