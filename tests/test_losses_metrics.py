@@ -23,19 +23,25 @@ def _bce(logit, y):
   return np.maximum(logit, 0) - logit * y + np.log1p(np.exp(-np.abs(logit)))
 
 
+TASKS = T.TaskSet([T.regression('r', 3), T.binary('b'), T.multiclass('c', 5),
+                   T.multilabel('m', 4), T.regression('r2', 3)])
+
+
+def _random_data(n, label_rate):
+  """Random predictions, labels and masks (a fraction ``label_rate`` labelled) for TASKS."""
+  preds = {'r': RNG.normal(size=(n, 3)), 'b': RNG.normal(size=(n, 1)),
+           'c': RNG.normal(size=(n, 5)), 'm': RNG.normal(size=(n, 4)),
+           'r2': RNG.normal(size=(n, 3))}
+  labels = {'r': RNG.normal(size=(n, 3)), 'b': RNG.integers(0, 2, n).astype(float),
+            'c': RNG.integers(0, 5, n), 'm': RNG.integers(0, 2, (n, 4)).astype(float),
+            'r2': RNG.normal(size=(n, 3))}
+  masks = {name: RNG.random(n) < label_rate for name in TASKS.names}
+  return {k: v.astype(np.float32) for k, v in preds.items()}, labels, masks
+
+
 @pytest.fixture
 def setting():
-  tasks = T.TaskSet([T.regression('r', 3), T.binary('b'), T.multiclass('c', 5),
-                     T.multilabel('m', 4), T.regression('r2', 3)])
-  preds = {'r': RNG.normal(size=(B, 3)), 'b': RNG.normal(size=(B, 1)),
-           'c': RNG.normal(size=(B, 5)), 'm': RNG.normal(size=(B, 4)),
-           'r2': RNG.normal(size=(B, 3))}
-  labels = {'r': RNG.normal(size=(B, 3)), 'b': RNG.integers(0, 2, B).astype(float),
-            'c': RNG.integers(0, 5, B), 'm': RNG.integers(0, 2, (B, 4)).astype(float),
-            'r2': RNG.normal(size=(B, 3))}
-  masks = {n: RNG.random(B) < 0.6 for n in tasks.names}
-  preds = {k: v.astype(np.float32) for k, v in preds.items()}
-  return tasks, preds, labels, masks
+  return (TASKS, *_random_data(B, 0.6))
 
 
 def _hand_losses(preds, labels):
@@ -81,16 +87,10 @@ def test_task_without_labels_gets_zero_loss_and_no_nan(setting):
   np.testing.assert_array_equal(grads['r'], 0.0)
 
 
-def test_eval_metrics_over_padded_batches_match_numpy(setting):
-  tasks, _, _, _ = setting
+def test_eval_metrics_over_padded_batches_match_numpy():
+  tasks = TASKS
   n = 50
-  preds = {'r': RNG.normal(size=(n, 3)), 'b': RNG.normal(size=(n, 1)),
-           'c': RNG.normal(size=(n, 5)), 'm': RNG.normal(size=(n, 4)),
-           'r2': RNG.normal(size=(n, 3))}
-  labels = {'r': RNG.normal(size=(n, 3)), 'b': RNG.integers(0, 2, n).astype(float),
-            'c': RNG.integers(0, 5, n), 'm': RNG.integers(0, 2, (n, 4)).astype(float),
-            'r2': RNG.normal(size=(n, 3))}
-  masks = {name: RNG.random(n) < 0.7 for name in tasks.names}
+  preds, labels, masks = _random_data(n, 0.7)
   # The "model" looks its predictions up by example index, so that padding can be checked.
   split = {'inputs': np.arange(n), 'labels': labels, 'masks': masks}
   total = None
