@@ -135,8 +135,12 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
     }
     return new_state, metrics
 
-  if not jit:
-    return train_step
+  return jit_train_step(train_step, mesh=mesh, donate=donate) if jit else train_step
+
+
+def jit_train_step(train_step, *, mesh: Optional[jax.sharding.Mesh] = None, donate: bool = True):
+  """``jax.jit`` of a ``(state, batch) -> (state, metrics)`` function; with a ``mesh``, the
+  batch is sharded over its ``'data'`` axis and state and metrics are replicated."""
   shardings = {}
   if mesh is not None:
     replicated, data = _shardings(mesh)

@@ -20,7 +20,8 @@ import tqdm
 
 from mtl_jax import config_validation, data, models, parallel, weighting
 from mtl_jax.checkpointing import Checkpointer
-from mtl_jax.step import evaluate, init_train_state, make_eval_step, make_train_step
+from mtl_jax.step import (evaluate, init_train_state, jit_train_step, make_eval_step,
+                          make_train_step)
 from mtl_jax.tasks import TaskSet
 from mtl_jax.writers import MetricWriter
 
@@ -146,9 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     traces['train_step'] += 1
     return raw_step(state, batch)
 
-  shardings = dict(in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh)),
-                   out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)))
-  train_step = jax.jit(counted_step, donate_argnums=(0,), **shardings)
+  train_step = jit_train_step(counted_step, mesh=mesh)
 
   pending = []  # (step, device metrics) not yet written
 
@@ -198,8 +197,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_step = make_eval_step(model, tasks, mesh=mesh)
   split_metrics = {}
   for split in config.eval.splits:
-    batches = (parallel.shard_batch(b, mesh) for b in
-               data.eval_batches(dataset.split(split), config.eval.batch_size, tasks))
+    batches = (parallel.shard_batch(b, mesh) for b in data.eval_batches(
+        dataset.split(split), config.eval.batch_size, tasks,
+        process_index=jax.process_index(), process_count=jax.process_count()))
     split_metrics[split] = evaluate(eval_step, state, tasks, batches)
   checkpointer.close()
 

@@ -122,3 +122,21 @@ def test_iterator_rejects_a_position_from_another_data_set():
   state = BatchIterator(_split(20), batch_size=6, seed=7).get_state()
   with pytest.raises(ValueError, match='num_examples 20 != 26'):
     BatchIterator(_split(26), batch_size=6, seed=7).set_state(state)
+
+
+def test_eval_batches_cover_the_split_once_and_shard_over_processes():
+  from mtl_jax import tasks as T
+  tasks = T.TaskSet([T.regression('y')])
+  split = _split(10)
+  whole = list(eval_batches(split, 4, tasks))
+  assert len(whole) == 3
+  seen = np.concatenate([b['inputs'][b['masks']['y'], 0] for b in whole])
+  np.testing.assert_array_equal(seen, np.arange(10))
+  parts = [list(eval_batches(split, 4, tasks, process_index=i, process_count=2))
+           for i in range(2)]
+  for k, batch in enumerate(whole):
+    np.testing.assert_array_equal(
+        np.concatenate([parts[0][k]['inputs'], parts[1][k]['inputs']]), batch['inputs'])
+    np.testing.assert_array_equal(
+        np.concatenate([parts[0][k]['masks']['y'], parts[1][k]['masks']['y']]),
+        batch['masks']['y'])

@@ -115,14 +115,16 @@ class BatchIterator:
     self._order = self._permutation(self._epoch)
 
 
-def eval_batches(split: Mapping, batch_size: int, tasks: TaskSet) -> Iterator[dict]:
+def eval_batches(split: Mapping, batch_size: int, tasks: TaskSet, *, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict]:
   """Every example once, in order; the last batch is padded to ``batch_size`` with masks 0,
-
-  so that one compiled eval step serves the whole split.
+  so that one compiled eval step serves the whole split.  With ``process_count > 1`` each
+  process yields its contiguous ``batch_size / process_count`` rows of every global batch.
   """
   size = num_examples(split)
+  local = batch_size // process_count
   for start in range(0, size, batch_size):
-    index = np.arange(start, start + batch_size)
+    index = np.arange(start, start + batch_size)[process_index * local:(process_index + 1) * local]
     valid = index < size
     batch = with_all_masks(take(split, np.minimum(index, size - 1)))
     batch['masks'] = {n: np.asarray(batch['masks'][n]).astype(bool) & valid
