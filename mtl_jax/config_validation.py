@@ -80,6 +80,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   _require(c.weighting.name in weighting.names(), 'config.weighting.name',
            f'must be one of {weighting.names()}', c.weighting.name)
+  _require(c.weighting.mode in ('param', 'rep'), 'config.weighting.mode',
+           "must be 'param' or 'rep'", c.weighting.mode)
+  _require(c.weighting.chunk_size >= 0, 'config.weighting.chunk_size', 'must be >= 0 (0: off)',
+           c.weighting.chunk_size)
+  _require(c.weighting.head_grads in ('default', 'weighted', 'unweighted'),
+           'config.weighting.head_grads', "must be 'default', 'weighted' or 'unweighted'",
+           c.weighting.head_grads)
+  for name in weighting.names():
+    block = set(c.weighting[name]) if name in c.weighting else set()
+    known = set(weighting.hyperparameters(name))
+    _require(block <= known, f'config.weighting.{name}',
+             f'has unknown hyperparameters {sorted(block - known)}; {name} takes '
+             f'{sorted(known)}', sorted(block))
 
   _require(c.optim.name in ('adam', 'adamw', 'sgd'), 'config.optim.name',
            "must be 'adam', 'adamw' or 'sgd'", c.optim.name)

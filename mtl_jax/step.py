@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import optax
 
 from mtl_jax.tasks import TaskSet
+from mtl_jax import weighting as weighting_lib
 from mtl_jax.weighting import Weighting
-from mtl_jax.weighting.engine import weighted_gradients
+from mtl_jax.weighting import engine
 
 PyTree = Any
 
@@ -64,19 +65,28 @@ def init_train_state(model: nn.Module, tasks: TaskSet, optimizer: optax.Gradient
       num_rejected=jnp.zeros((), jnp.int32))
 
 
-def _apply(model, params, model_state, inputs, train, rng=None):
-  """Predictions and the updated ``model_state`` (unchanged when there is none)."""
+def _apply(model, params, model_state, inputs, train, rng=None, method=None):
+  """``model.apply`` (or one of its methods) and the updated ``model_state``."""
   variables = {'params': params, **model_state}
   rngs = {'dropout': rng} if rng is not None else None
   if train and model_state:
-    preds, new_state = model.apply(variables, inputs, train=True, rngs=rngs,
-                                   mutable=list(model_state))
-    return preds, flax.core.unfreeze(new_state)
-  return model.apply(variables, inputs, train=train, rngs=rngs), model_state
+    out, new_state = model.apply(variables, inputs, train=True, rngs=rngs,
+                                 mutable=list(model_state), method=method)
+    return out, flax.core.unfreeze(new_state)
+  return model.apply(variables, inputs, train=train, rngs=rngs, method=method), model_state
+
+
+def _merge_model_state(from_shared, from_task):
+  """Model state whose 'shared' entries come from the trunk pass, the rest from the heads."""
+  return {c: {**from_task[c], **({'shared': from_shared[c]['shared']}
+                                 if 'shared' in from_shared.get(c, {}) else {})}
+          for c in from_task}
 
 
 def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientTransformation,
                     weighting: Weighting, *, schedule: Optional[Callable] = None,
+                    mode: str = 'param', chunk_size: Optional[int] = None,
+                    head_grads: Optional[str] = None,
                     mesh: Optional[jax.sharding.Mesh] = None, jit: bool = True,
                     donate: bool = True):
   """Returns a pure ``(state, batch) -> (state, metrics)``.
@@ -87,6 +97,10 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
     optimizer: an optax transformation (its learning rate may follow ``schedule``).
     weighting: how per-task losses are combined.
     schedule: the learning-rate schedule, only to report ``lr`` in the metrics.
+    mode: per-task gradients of the shared parameters ('param') or of the shared
+      representation ('rep', needs ``model.representation`` and ``model.heads``).
+    chunk_size: compute per-task gradients this many tasks at a time (None: all at once).
+    head_grads: 'weighted' or 'unweighted' task-specific gradients (None: the method's).
     mesh: if given, the batch is sharded over its ``'data'`` axis and the state replicated.
     jit: return the jit-compiled step (state donated) rather than the Python function.
     donate: donate the input state's buffers to the output.
@@ -95,22 +109,52 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
   ``param_norm``, ``lr``, ``rejected`` (1 if this update was rejected as non-finite).
   """
 
+  if mode == 'rep' and not (hasattr(model, 'representation') and hasattr(model, 'heads')):
+    raise ValueError(f"mode='rep' needs a model with representation() and heads() methods; "
+                     f'{type(model).__name__} has none')
+
   def train_step(state: TrainState, batch):
     rng, dropout_rng, weighting_rng = jax.random.split(state.rng, 3)
     applied = state.step - state.num_rejected
+    inputs = batch['inputs']
 
     def losses_fn(params):
-      preds, new_model_state = _apply(model, params, state.model_state, batch['inputs'], True,
+      preds, new_model_state = _apply(model, params, state.model_state, inputs, True,
                                       dropout_rng)
       return tasks.losses(preds, batch), new_model_state
 
-    losses, grads, result, new_model_state = weighted_gradients(
-        losses_fn, state.params, weighting, state.weighting_state, weighting_rng, applied)
+    def rep_fn(shared):
+      params = {'shared': shared, 'task': state.params['task']}
+      return _apply(model, params, state.model_state, inputs, True, dropout_rng,
+                    method='representation')
+
+    def head_fn(z, task):
+      params = {'shared': state.params['shared'], 'task': task}
+      preds, new_model_state = _apply(model, params, state.model_state, z, True, dropout_rng,
+                                      method='heads')
+      return tasks.losses(preds, batch), new_model_state
+
+    out = engine.task_gradients(
+        weighting, state.params, state.weighting_state, weighting_rng, applied,
+        losses_fn=losses_fn, rep_fn=rep_fn, head_fn=head_fn, mode=mode,
+        chunk_size=chunk_size, head_grads=head_grads)
+    losses, grads, result = out.losses, out.grads, out.result
+    if weighting.needs is not weighting_lib.Needs.LOSSES and mode == 'rep':
+      new_model_state = _merge_model_state(*out.aux)
+    else:
+      new_model_state = out.aux
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
     finite = (jnp.all(jnp.isfinite(losses)) & jnp.isfinite(grad_norm)
               & jnp.isfinite(optax.tree.norm(updates)))
+    weighting_state = result.state
+    if weighting.after_step is not None:
+      # The method's own update from the losses after the step, on the same batch.
+      new_losses, _ = losses_fn(params)
+      finite &= jnp.all(jnp.isfinite(new_losses))
+      weighting_state = weighting.after_step(weighting_state, jax.lax.stop_gradient(losses),
+                                             jax.lax.stop_gradient(new_losses))
 
     def keep_if_finite(new, old):
       return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
@@ -120,7 +164,7 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
         params=keep_if_finite(params, state.params),
         model_state=keep_if_finite(new_model_state, state.model_state),
         opt_state=keep_if_finite(opt_state, state.opt_state),
-        weighting_state=keep_if_finite(result.state, state.weighting_state),
+        weighting_state=keep_if_finite(weighting_state, state.weighting_state),
         rng=rng,
         num_rejected=state.num_rejected + (~finite).astype(jnp.int32))
     metrics = {

@@ -68,13 +68,15 @@ def build_optimizer(config):
   return tx, schedule
 
 
-def build_weighting(config, tasks: TaskSet) -> weighting.Weighting:
+def build_weighting(config, tasks: TaskSet, steps_per_epoch: int) -> weighting.Weighting:
   name = config.weighting.name
   hparams = {k: v for k, v in config.weighting[name].items() if v is not None}
   if name == 'static':
     raw = hparams.pop('weights', None)
     hparams['weights'] = (np.ones(len(tasks)) if raw is None else
                           tasks.vector(list(raw), 'config.weighting.static.weights'))
+  if name == 'dwa' and hparams.get('steps_per_epoch') == 0:
+    hparams['steps_per_epoch'] = steps_per_epoch
   try:
     return weighting.get(name, **hparams)
   except (TypeError, ValueError) as e:
@@ -115,7 +117,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tasks = dataset.tasks
   model = build_model(config, tasks)
   optimizer, schedule = build_optimizer(config)
-  method = build_weighting(config, tasks)
   mesh = parallel.make_mesh(config.train.num_devices)
   devices = mesh.shape['data']
   for field in ('train.batch_size', 'eval.batch_size'):
@@ -129,6 +130,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   iterator = data.BatchIterator(train_split, config.train.batch_size, seed=config.seed,
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count())
+  method = build_weighting(config, tasks, iterator.batches_per_epoch)
   sample = data.take(train_split, np.arange(config.train.batch_size))
   state = init_train_state(model, tasks, optimizer, method, sample['inputs'],
                            jax.random.PRNGKey(config.seed))
@@ -141,7 +143,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer = MetricWriter(workdir, resume_step=start_step)
 
   traces = {'train_step': 0}
-  raw_step = make_train_step(model, tasks, optimizer, method, schedule=schedule, jit=False)
+  w = config.weighting
+  raw_step = make_train_step(
+      model, tasks, optimizer, method, schedule=schedule, mode=w.mode,
+      chunk_size=w.chunk_size or None,
+      head_grads=None if w.head_grads == 'default' else w.head_grads, jit=False)
 
   def counted_step(state, batch):
     traces['train_step'] += 1

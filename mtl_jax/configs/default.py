@@ -4,6 +4,10 @@ import ml_collections
 from ml_collections import config_dict
 
 
+def _block(**values) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(values)
+
+
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = 'default'
@@ -30,9 +34,26 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.weighting = ml_collections.ConfigDict()
   c.weighting.name = 'ew'
-  c.weighting.ew = ml_collections.ConfigDict({'reduction': 'sum'})
-  # Static weights, one per task in task order (empty: all ones).
-  c.weighting.static = ml_collections.ConfigDict({'weights': config_dict.placeholder(tuple)})
+  c.weighting.mode = 'param'          # per-task gradients of the shared params, or 'rep'
+  c.weighting.chunk_size = 0          # tasks per Jacobian chunk; 0: all at once
+  c.weighting.head_grads = 'default'  # 'default' (the method's), 'weighted', 'unweighted'
+  # One block of hyperparameters per method (shared/reference/weighting.md has the defaults).
+  c.weighting.ew = _block(reduction='sum')
+  c.weighting.static = _block(weights=config_dict.placeholder(tuple))  # None: all ones
+  c.weighting.uw = _block(init=0.0, lr=0.025)
+  c.weighting.dwa = _block(steps_per_epoch=0, temperature=2.0)  # 0: the data's epoch
+  c.weighting.rlw = _block(match_sum=True)
+  c.weighting.gls = _block(eps=1e-8)
+  c.weighting.famo = _block(gamma=1e-3, beta=0.025, eps=1e-8, min_losses=0.0, match_sum=True)
+  c.weighting.mgda = _block(normalization='none', match_sum=True, max_iters=250)
+  c.weighting.pcgrad = _block(reduction='sum')
+  c.weighting.cagrad = _block(c=0.4, rescale=1, match_sum=True, max_iters=500)
+  c.weighting.nash_mtl = _block(max_norm=1.0, update_every=1, max_iters=20)
+  c.weighting.imtl_g = _block(match_sum=True)
+  c.weighting.upgrad = _block(match_sum=True, norm_eps=1e-4, reg_eps=1e-4)
+  c.weighting.dualproj = _block(match_sum=True, norm_eps=1e-4, reg_eps=1e-4)
+  c.weighting.aligned_mtl = _block(scale_mode='min')
+  c.weighting.gradnorm = _block(alpha=1.5, lr=0.025, layer='all')
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'adam'           # adam | adamw | sgd

@@ -23,11 +23,15 @@ PyTree = Any
 
 
 class Needs(enum.Enum):
-  """What a method reads, from cheapest to most expensive to compute."""
+  """What a method reads, from cheapest to most expensive to compute.
+
+  GRAM and JACOBIAN methods run on the per-task gradients of the shared parameters
+  (engine mode 'param') or of the shared representation z (mode 'rep'); the method does
+  not know which: ``jacobian`` is a task-stacked pytree either way.
+  """
   LOSSES = 'losses'                  # loss values only: one ordinary backward pass
-  GRAM = 'gram'                      # G = J J^T over shared parameters
-  JACOBIAN = 'jacobian'              # J itself, task-stacked like the shared params
-  REPRESENTATION = 'representation'  # per-task gradients w.r.t. the shared representation
+  GRAM = 'gram'                      # G = J J^T (T x T)
+  JACOBIAN = 'jacobian'              # J itself, task-stacked (leaves [T, ...]), and G
 
 
 class WeightingInputs(NamedTuple):
@@ -58,6 +62,9 @@ class Weighting:
     head_grads: 'weighted' (task-specific params get alpha_t * grad L_t, as when
       back-propagating sum_t alpha_t L_t) or 'unweighted' (grad L_t).
     min_tasks: the fewest tasks the method is defined for.
+    after_step: optional ``(state, losses_before [T], losses_after [T]) -> state``, called by
+      the train step after the parameter update with the losses recomputed on the same batch
+      (FAMO's weight update); costs one extra forward pass.
   """
   name: str
   needs: Needs
@@ -65,3 +72,4 @@ class Weighting:
   update: Callable[[WeightingInputs, PyTree, jax.Array], WeightingResult]
   head_grads: str = 'weighted'
   min_tasks: int = 1
+  after_step: Optional[Callable[[PyTree, jax.Array, jax.Array], PyTree]] = None

@@ -1,0 +1,59 @@
+"""Per-task gradients in one vectorised pass, their Gram matrix and combinations.
+
+For losses L: theta -> R^T, one forward pass and a VJP give every row of the Jacobian:
+
+    L, vjp = jax.vjp(L, theta);   J = vmap(vjp)(I_T)        (rows g_t = grad L_t)
+
+``chunk_size`` maps over chunks of the identity instead (``lax.map``) to bound memory.
+J is a *task-stacked* pytree: every leaf has a leading axis of size T.
+"""
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+
+def num_tasks(jacobian) -> int:
+  """The size of the leading (task) axis shared by every leaf."""
+  sizes = {leaf.shape[0] if leaf.ndim else None for leaf in jax.tree_util.tree_leaves(jacobian)}
+  if len(sizes) != 1 or None in sizes:
+    raise ValueError('a task-stacked Jacobian needs a common leading task axis on every leaf, '
+                     f'got leading sizes {sorted(map(str, sizes))}')
+  return sizes.pop()
+
+
+def jacobian(losses_fn: Callable, params, *, chunk_size: Optional[int] = None,
+             has_aux: bool = False):
+  """``(losses [T], J)`` (plus ``aux`` if ``has_aux``) with J task-stacked like ``params``."""
+  if has_aux:
+    losses, vjp_fn, aux = jax.vjp(losses_fn, params, has_aux=True)
+  else:
+    losses, vjp_fn = jax.vjp(losses_fn, params)
+  jac = rows(vjp_fn, losses, chunk_size=chunk_size, argnum=0)
+  return (losses, jac, aux) if has_aux else (losses, jac)
+
+
+def rows(vjp_fn: Callable, losses: jax.Array, *, chunk_size: Optional[int] = None,
+         argnum: int = 0):
+  """The Jacobian rows of ``vjp_fn``'s ``argnum``-th input: its pullbacks of e_1..e_T."""
+  if losses.ndim != 1:
+    raise ValueError(f'losses must be a [T] vector, got shape {losses.shape}')
+  eye = jnp.eye(losses.shape[0], dtype=losses.dtype)
+  pull = lambda cotangent: vjp_fn(cotangent)[argnum]
+  if chunk_size is None or chunk_size >= losses.shape[0]:
+    return jax.vmap(pull)(eye)
+  return jax.lax.map(pull, eye, batch_size=chunk_size)
+
+
+def gram(jacobian) -> jax.Array:
+  """G = J J^T = sum over leaves of J_l J_l^T, computed in float32: [T, T]."""
+  t = num_tasks(jacobian)
+  blocks = [leaf.reshape(t, -1).astype(jnp.float32) for leaf in jax.tree_util.tree_leaves(jacobian)]
+  return sum(b @ b.T for b in blocks)
+
+
+def weighted_sum(jacobian, weights: jax.Array):
+  """d = J^T alpha = sum_t alpha_t g_t, a pytree shaped like one task's gradient."""
+  return jax.tree.map(lambda leaf: jnp.tensordot(weights.astype(leaf.dtype), leaf, axes=1),
+                      jacobian)
