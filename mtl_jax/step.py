@@ -55,7 +55,7 @@ def init_train_state(model: nn.Module, tasks: TaskSet, optimizer: optax.Gradient
   if set(params) != {'shared', 'task'}:
     raise ValueError("a multi-task model's params must have exactly the top-level subtrees "
                      f"'shared' and 'task', got {sorted(params)}")
-  return TrainState(
+  state = TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
       model_state=variables,
@@ -63,6 +63,9 @@ def init_train_state(model: nn.Module, tasks: TaskSet, optimizer: optax.Gradient
       weighting_state=weighting.init(len(tasks)),
       rng=rng,
       num_rejected=jnp.zeros((), jnp.int32))
+  # Every leaf its own buffer: an init that reuses one array for two fields would otherwise
+  # make the donated step donate that buffer twice.
+  return jax.tree.map(lambda x: jnp.array(x, copy=True), state)
 
 
 def _apply(model, params, model_state, inputs, train, rng=None, method=None):
