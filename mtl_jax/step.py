@@ -8,6 +8,7 @@ rejected (as is one whose update overflows): params, model, optimizer and weight
 stay as they were, ``num_rejected`` grows.
 """
 
+import functools
 from typing import Any, Callable, Optional
 
 import flax
@@ -17,7 +18,6 @@ import jax.numpy as jnp
 import optax
 
 from mtl_jax.tasks import TaskSet
-from mtl_jax import weighting as weighting_lib
 from mtl_jax.weighting import Weighting
 from mtl_jax.weighting import engine
 
@@ -131,21 +131,22 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
       return _apply(model, params, state.model_state, inputs, True, dropout_rng,
                     method='representation')
 
-    def head_fn(z, task):
+    def head_fn(z, task, stacked=False):
       params = {'shared': state.params['shared'], 'task': task}
+      heads = lambda module, z, train: module.heads(z, train, stacked=stacked)
       preds, new_model_state = _apply(model, params, state.model_state, z, True, dropout_rng,
-                                      method='heads')
+                                      method=heads)
       return tasks.losses(preds, batch), new_model_state
 
+    has_rep = hasattr(model, 'representation') and hasattr(model, 'heads')
     out = engine.task_gradients(
         weighting, state.params, state.weighting_state, weighting_rng, applied,
-        losses_fn=losses_fn, rep_fn=rep_fn, head_fn=head_fn, mode=mode,
-        chunk_size=chunk_size, head_grads=head_grads)
+        losses_fn=losses_fn, rep_fn=rep_fn if has_rep else None,
+        head_fn=head_fn if has_rep else None,
+        stacked_head_fn=functools.partial(head_fn, stacked=True) if has_rep else None,
+        num_tasks=len(tasks), mode=mode, chunk_size=chunk_size, head_grads=head_grads)
     losses, grads, result = out.losses, out.grads, out.result
-    if weighting.needs is not weighting_lib.Needs.LOSSES and mode == 'rep':
-      new_model_state = _merge_model_state(*out.aux)
-    else:
-      new_model_state = out.aux
+    new_model_state = _merge_model_state(*out.aux) if out.split else out.aux
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)

@@ -42,20 +42,21 @@ def _problem(seed=0, batch=16):
                     method='representation')
     return z, {}
 
-  def head_fn(z, task):
+  def head_fn(z, task, stacked=False):
     preds = model.apply({'params': {'shared': params['shared'], 'task': task}}, z,
-                        method='heads')
+                        stacked=stacked, method='heads')
     return TASKS.losses(preds, data), {}
 
   return params, losses_fn, rep_fn, head_fn
 
 
-def _run(method, mode='param', chunk_size=None, head_grads=None, seed=0):
+def _run(method, mode='param', chunk_size=None, head_grads=None, seed=0, stacked=True):
   params, losses_fn, rep_fn, head_fn = _problem(seed)
+  stacked_head_fn = (lambda z, t: head_fn(z, t, stacked=True)) if stacked else None
   fn = jax.jit(lambda p: engine.task_gradients(
       method, p, method.init(3), jax.random.PRNGKey(0), jnp.int32(0), losses_fn=losses_fn,
-      rep_fn=rep_fn, head_fn=head_fn, mode=mode, chunk_size=chunk_size,
-      head_grads=head_grads))
+      rep_fn=rep_fn, head_fn=head_fn, stacked_head_fn=stacked_head_fn, num_tasks=3, mode=mode,
+      chunk_size=chunk_size, head_grads=head_grads))
   return params, losses_fn, fn(params)
 
 
@@ -74,8 +75,9 @@ def test_jacobian_rows_equal_jacrev_and_chunking_changes_nothing():
 
 @pytest.mark.parametrize('needs', [Needs.GRAM, Needs.JACOBIAN])
 @pytest.mark.parametrize('head_grads', ['unweighted', 'weighted'])
-def test_param_mode_combines_per_task_gradients(needs, head_grads):
-  params, losses_fn, out = _run(fixed(needs), head_grads=head_grads)
+@pytest.mark.parametrize('stacked', [True, False])
+def test_param_mode_combines_per_task_gradients(needs, head_grads, stacked):
+  params, losses_fn, out = _run(fixed(needs), head_grads=head_grads, stacked=stacked)
   f = lambda p: losses_fn(p)[0]
   jac = jax.jit(jax.jacrev(f))(params)
   expected_shared = jax.tree.map(lambda j: jnp.tensordot(ALPHA, j, axes=1), jac['shared'])
@@ -86,9 +88,11 @@ def test_param_mode_combines_per_task_gradients(needs, head_grads):
 
 
 def test_rep_mode_gives_the_same_gradient_for_the_same_weights():
-  _, _, param_out = _run(fixed(Needs.GRAM))
+  _, _, param_out = _run(fixed(Needs.GRAM), stacked=False)
   _, _, rep_out = _run(fixed(Needs.GRAM), mode='rep', chunk_size=2)
   chex.assert_trees_all_close(rep_out.grads, param_out.grads, rtol=1e-5, atol=1e-6)
+  _, _, chunked = _run(fixed(Needs.GRAM), chunk_size=2)
+  chex.assert_trees_all_close(chunked.grads, param_out.grads, rtol=1e-5, atol=1e-6)
 
 
 def test_rep_mode_gram_is_over_the_representation():
@@ -101,7 +105,8 @@ def test_rep_mode_gram_is_over_the_representation():
   params, _, rep_fn, head_fn = _problem()
   out = jax.jit(lambda p: engine.task_gradients(
       method, p, jnp.zeros((3, 3)), jax.random.PRNGKey(0), 0, losses_fn=None, rep_fn=rep_fn,
-      head_fn=head_fn, mode='rep'))(params)
+      head_fn=head_fn, stacked_head_fn=lambda z, t: head_fn(z, t, stacked=True), num_tasks=3,
+      mode='rep'))(params)
   z = rep_fn(params['shared'])[0]
   jz = jax.jacrev(lambda z: head_fn(z, params['task'])[0])(z).reshape(3, -1)
   np.testing.assert_allclose(out.result.state, jz @ jz.T, rtol=1e-4, atol=1e-7)

@@ -8,6 +8,7 @@ axis of size T_g, so T heads compile as one network, not T.
 from typing import Sequence
 
 import flax.linen as nn
+import numpy as np
 
 from mtl_jax.models.mlp import MLP
 from mtl_jax.tasks import TaskSet
@@ -28,8 +29,8 @@ class Tower(nn.Module):
 class StackedTowers(nn.Module):
   """``num`` identical towers; params get a leading axis of size ``num``.
 
-  ``x`` is shared by all towers (``per_task_inputs=False``, x: [B, D]) or has a leading task
-  axis (``per_task_inputs=True``, x: [num, B, D]).  Output: [num, B, out_dim].
+  ``x`` is shared by all towers (x: [B, D]) or, with ``per_task_inputs``, has a leading task
+  axis (x: [num, B, D]).  Output: [num, B, out_dim].
   """
   num: int
   hidden: Sequence[int]
@@ -38,10 +39,11 @@ class StackedTowers(nn.Module):
   per_task_inputs: bool = False
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, per_task_inputs: bool = None):
+    mapped = self.per_task_inputs if per_task_inputs is None else per_task_inputs
     vmapped = nn.vmap(
         Tower,
-        in_axes=(0 if self.per_task_inputs else None, None),
+        in_axes=(0 if mapped else None, None),
         out_axes=0,
         variable_axes={'params': 0, 'batch_stats': 0},
         split_rngs={'params': True, 'dropout': True},
@@ -50,16 +52,24 @@ class StackedTowers(nn.Module):
 
 
 class TaskHeads(nn.Module):
-  """One ``StackedTowers`` per task group; returns predictions ``{task: [B, out_dim]}``."""
+  """One ``StackedTowers`` per task group; returns predictions ``{task: [B, out_dim]}``.
+
+  ``z`` is the shared representation [B, D], or with ``stacked=True`` one copy per task
+  [T, B, D] (task-axis order), each head reading its own: then one backward pass gives every
+  dL_t/dz at once (the engine's per-task representation gradients).
+  """
   tasks: TaskSet
   hidden: Sequence[int] = ()
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, z, train: bool = False):
+  def __call__(self, z, train: bool = False, stacked: bool = False):
     predictions = {}
     for g, group in enumerate(self.tasks.groups):
+      index = np.asarray(group.indices)
+      inputs = (z[index[0]:index[-1] + 1] if np.all(np.diff(index) == 1) else z[index]) \
+          if stacked else z
       out = StackedTowers(len(group.names), self.hidden, group.prototype.out_dim, self.dropout,
-                          name=f'group{g}')(z, train)
+                          name=f'group{g}')(inputs, train, per_task_inputs=stacked)
       predictions.update({name: out[j] for j, name in enumerate(group.names)})
     return predictions

@@ -17,9 +17,9 @@ class SharedBottom(nn.Module):
     """The shared representation z = f_shared(x)."""
     return self.shared(x, train)
 
-  def heads(self, z, train: bool = False):
-    """Predictions {task: [B, out_dim]} from the shared representation."""
-    return self.task(z, train)
+  def heads(self, z, train: bool = False, stacked: bool = False):
+    """Predictions {task: [B, out_dim]} from z [B, D] (or one copy per task, [T, B, D])."""
+    return self.task(z, train, stacked)
 
   def __call__(self, x, train: bool = False):
     return self.heads(self.representation(x, train), train)

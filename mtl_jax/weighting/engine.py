@@ -5,11 +5,13 @@ Loss-only methods: one forward pass and one VJP with cotangent alpha,
     L, vjp = jax.vjp(losses_fn, params);   grads = vjp(alpha) = sum_t alpha_t grad L_t.
 
 Gradient methods, ``mode='param'``: the rows of J (per-task gradients of the shared
-parameters) come from ``vmap`` over one-hot cotangents of the same VJP; G = J J^T.  The
-shared direction is d = alpha^T J, formed as one more VJP with cotangent alpha for Gram-only
-methods (so J is not kept), or from J directly for methods that read J.
+parameters) come from ``vmap`` over pullbacks; G = J J^T and d = alpha^T J (a contraction of
+the J already in hand, cheaper than another backward pass).  When the model's heads can read
+one copy of the representation z per task, a single backward pass through the heads gives
+every dL_t/dz, and only the trunk is pulled back T times: forward + 1 head backward + T trunk
+backward passes.  Otherwise each row is a pullback through the whole network.
 
-``mode='rep'``: the rows are per-task gradients of the shared representation z = f(x); the
+``mode='rep'``: the rows are the per-task gradients dL_t/dz of the shared representation; the
 method's combined cotangent sum_t alpha_t dL_t/dz (or its own direction in z-space) is pushed
 through the trunk exactly, in one VJP.  Cheaper when z is smaller than the shared parameters.
 
@@ -33,7 +35,8 @@ class EngineOutput(NamedTuple):
   losses: jax.Array        # [T]
   grads: dict              # {'shared': ..., 'task': ...}
   result: WeightingResult  # weights (stop-gradient) and the method's new state
-  aux: object              # whatever the loss functions returned as aux
+  aux: object              # the loss function's aux, or (trunk aux, heads aux) if split
+  split: bool = False      # True when computed through rep_fn and the heads separately
 
 
 def _inputs(method, losses, step, jac):
@@ -54,6 +57,7 @@ def _run(method, inputs, state, key, num):
 
 def task_gradients(method: Weighting, params, state, key, step, *, losses_fn: Callable,
                    rep_fn: Optional[Callable] = None, head_fn: Optional[Callable] = None,
+                   stacked_head_fn: Optional[Callable] = None, num_tasks: Optional[int] = None,
                    mode: str = 'param', chunk_size: Optional[int] = None,
                    head_grads: Optional[str] = None) -> EngineOutput:
   """Per-task losses, combined gradients and the method's result for one batch.
@@ -62,10 +66,13 @@ def task_gradients(method: Weighting, params, state, key, step, *, losses_fn: Ca
     method: the weighting method.
     params: ``{'shared': ..., 'task': ...}``.
     losses_fn: ``params -> ([T] losses, aux)``.
-    rep_fn, head_fn: for ``mode='rep'``: ``shared -> (z, aux)`` and
-      ``(z, task_params) -> ([T] losses, aux)``; their composition must equal ``losses_fn``.
+    rep_fn, head_fn: ``shared -> (z, aux)`` and ``(z, task_params) -> ([T] losses, aux)``;
+      their composition equals ``losses_fn``.  Needed for ``mode='rep'``.
+    stacked_head_fn: optional ``(z_T, task_params) -> ([T] losses, aux)`` where task t reads
+      only ``z_T[t]`` (a per-task copy of z).  With it, one backward pass through the heads
+      gives all dL_t/dz, and only the trunk is pulled back T times (``num_tasks`` needed).
     mode: 'param' or 'rep' (ignored by loss-only methods).
-    chunk_size: compute Jacobian rows ``chunk_size`` tasks at a time (``lax.map``).
+    chunk_size: pull back this many tasks at a time (``lax.map``), to bound memory.
     head_grads: overrides ``method.head_grads``.
   """
   head_grads = head_grads or method.head_grads
@@ -84,32 +91,45 @@ def task_gradients(method: Weighting, params, state, key, step, *, losses_fn: Ca
       grads = dict(grads, task=vjp_fn(jnp.ones_like(losses))[0]['task'])
     return EngineOutput(losses, grads, result, aux)
 
-  if mode == 'param':
-    split = lambda shared, task: losses_fn({'shared': shared, 'task': task})
-    losses, vjp_fn, aux = jax.vjp(split, params['shared'], params['task'], has_aux=True)
-    jac = rows(vjp_fn, losses, chunk_size=chunk_size, argnum=0)
-    result = _run(method, _inputs(method, losses, step, jac), state, key, losses.shape[0])
-    alpha = result.weights.astype(losses.dtype)
-    if result.direction is not None:
-      shared = result.direction
-    elif method.needs is Needs.JACOBIAN:
-      shared = weighted_sum(jac, alpha)
-    else:
-      shared = vjp_fn(alpha)[0]
-    head_cotangent = alpha if head_grads == 'weighted' else jnp.ones_like(losses)
-    task = vjp_fn(head_cotangent)[1]
-    return EngineOutput(losses, {'shared': shared, 'task': task}, result, aux)
-
-  if rep_fn is None or head_fn is None:
+  if stacked_head_fn is not None and rep_fn is not None:
+    return _through_representation(method, params, state, key, step, rep_fn, stacked_head_fn,
+                                   num_tasks, mode, chunk_size, head_grads)
+  if mode == 'rep':
     raise ValueError("mode='rep' needs a model with a shared representation "
                      '(representation/heads methods)')
-  z, rep_vjp, rep_aux = jax.vjp(rep_fn, params['shared'], has_aux=True)
-  losses, head_vjp, head_aux = jax.vjp(head_fn, z, params['task'], has_aux=True)
-  jac = rows(head_vjp, losses, chunk_size=chunk_size, argnum=0)
+
+  # Generic path: rows of J from vmapped pullbacks through the whole network.
+  split = lambda shared, task: losses_fn({'shared': shared, 'task': task})
+  losses, vjp_fn, aux = jax.vjp(split, params['shared'], params['task'], has_aux=True)
+  jac = rows(vjp_fn, losses, chunk_size=chunk_size, argnum=0)
   result = _run(method, _inputs(method, losses, step, jac), state, key, losses.shape[0])
   alpha = result.weights.astype(losses.dtype)
-  z_cotangent = result.direction if result.direction is not None else weighted_sum(jac, alpha)
-  (shared,) = rep_vjp(z_cotangent)
+  shared = result.direction if result.direction is not None else weighted_sum(jac, alpha)
   head_cotangent = alpha if head_grads == 'weighted' else jnp.ones_like(losses)
-  task = head_vjp(head_cotangent)[1]
-  return EngineOutput(losses, {'shared': shared, 'task': task}, result, (rep_aux, head_aux))
+  task = vjp_fn(head_cotangent)[1]
+  return EngineOutput(losses, {'shared': shared, 'task': task}, result, aux)
+
+
+def _through_representation(method, params, state, key, step, rep_fn, stacked_head_fn,
+                            num_tasks, mode, chunk_size, head_grads):
+  """Gradient methods via z: dL_t/dz for all t in one head backward pass, then the trunk."""
+  z, trunk_vjp, rep_aux = jax.vjp(rep_fn, params['shared'], has_aux=True)
+  z_stacked = jax.tree.map(lambda a: jnp.broadcast_to(a, (num_tasks,) + a.shape), z)
+  losses, head_vjp, head_aux = jax.vjp(stacked_head_fn, z_stacked, params['task'],
+                                       has_aux=True)
+  rep_jac, unweighted_task = head_vjp(jnp.ones_like(losses))  # rows dL_t/dz: [T, *z.shape]
+  pull = lambda cotangent: trunk_vjp(cotangent)[0]
+  if mode == 'param':
+    if chunk_size is None or chunk_size >= num_tasks:
+      jac = jax.vmap(pull)(rep_jac)
+    else:
+      jac = jax.lax.map(pull, rep_jac, batch_size=chunk_size)
+  else:
+    jac = rep_jac
+  result = _run(method, _inputs(method, losses, step, jac), state, key, num_tasks)
+  alpha = result.weights.astype(losses.dtype)
+  combined = result.direction if result.direction is not None else weighted_sum(jac, alpha)
+  shared = combined if mode == 'param' else pull(combined)
+  task = head_vjp(alpha)[1] if head_grads == 'weighted' else unweighted_task
+  return EngineOutput(losses, {'shared': shared, 'task': task}, result, (rep_aux, head_aux),
+                      split=True)
