@@ -13,12 +13,13 @@ jitted and vmapped over a batch of problems, and returns finite values for degen
 * ``cagrad_weights(G, c)``:       argmin_{w in simplex} w^T G 1/T + c ||g0|| sqrt(w^T G w).
 * ``nash_mtl_weights(G)``:        alpha > 0 with G alpha = 1 / alpha            (Nash-MTL).
 
-Constrained problems run accelerated projected gradient (FISTA with backtracking and
-restart) to find the active set, then a few primal-dual active-set Newton steps (each an
-equality-constrained solve on the free set, slightly proximal) make the answer exact; the
-best feasible point seen is returned, so the polish can only improve the objective.
-Problems are normalised by the trace of G first: the weights are invariant to G -> sG
-(Nash-MTL is covariant instead: alpha -> alpha / sqrt(s)).
+Quadratic programs run FISTA with adaptive restart to locate the active set, then a few
+primal-dual active-set Newton steps (a Jacobi-equilibrated Cholesky solve on the free set)
+make the answer exact to float32 precision; the best feasible iterate is returned, so the
+polish cannot make things worse. CAGrad's objective has a kink at g_w = 0, so it follows a
+barrier (interior-point) path instead, then the same polish; Nash-MTL is a damped Newton
+method. Weights are invariant to G -> sG (problems are normalised by tr G), except
+Nash-MTL's, which are covariant: alpha -> alpha / sqrt(s).
 """
 
 from typing import Callable, Optional
@@ -32,20 +33,21 @@ _SMOOTHING = 1e-12     # CAGrad: ||g_w|| ~ sqrt(w^T G w + _SMOOTHING tr G)
 
 
 def project_to_simplex(v: jax.Array) -> jax.Array:
-  """Euclidean projection onto {w >= 0, sum w = 1}: w = max(v - tau, 0), tau by sorting."""
-  u = jnp.sort(v)[::-1]
-  excess = jnp.cumsum(u) - 1
-  k = jnp.arange(1, v.shape[-1] + 1, dtype=v.dtype)
-  rho = jnp.max(jnp.where(u - excess / k > 0, k, 1)).astype(jnp.int32)
-  return jnp.maximum(v - excess[rho - 1] / rho, 0)
+  """Euclidean projection onto {w >= 0, sum w = 1}: w = max(v - tau, 0) with
+  tau = max_k (u_1 + ... + u_k - 1) / k over v sorted decreasingly (u); sort-free here:
+  k runs over the sets {j: v_j >= v_i}, i = 1..T (O(T^2), exact with ties)."""
+  above = (v[None, :] >= v[:, None]).astype(v.dtype)        # row i: {j: v_j >= v_i}
+  tau = jnp.max((above @ v - 1) / jnp.sum(above, axis=1))
+  return jnp.maximum(v - tau, 0)
 
 
 def _nonneg(x):
   return jnp.maximum(x, 0)
 
 
-def _top_eigenvalue(a: jax.Array, iters: int = 16) -> jax.Array:
-  """Rayleigh quotient after ``iters`` power iterations (a lower estimate of lambda_max)."""
+def _lipschitz(a: jax.Array, iters: int = 20) -> jax.Array:
+  """An estimate of lambda_max(A) for PSD A: 1.05 x the Rayleigh quotient after ``iters``
+  power iterations, kept within [max diag A, tr A] (bounds on lambda_max)."""
   v0 = jnp.cos(1.7 * jnp.arange(a.shape[0], dtype=a.dtype)) + 1.5
 
   def step(_, v):
@@ -53,83 +55,85 @@ def _top_eigenvalue(a: jax.Array, iters: int = 16) -> jax.Array:
     return av / jnp.maximum(jnp.linalg.norm(av), _TINY)
 
   v = lax.fori_loop(0, iters, step, v0 / jnp.linalg.norm(v0))
-  return v @ a @ v
+  return jnp.clip(1.05 * (v @ a @ v), jnp.max(jnp.diag(a)), jnp.trace(a))
 
 
-def _fista(fun: Callable, project: Callable, x0, lipschitz, max_iters: int, tol: float):
-  """Monotone FISTA: x <- P(y - grad f(y) / L), doubling L when the quadratic upper bound
-  fails, restarting the momentum when f increases; stops when L ||x - y||_inf <= tol."""
-  f0, g0 = fun(x0)
+def _fista(grad: Callable, project: Callable, x0, lipschitz, max_iters: int, tol: float):
+  """FISTA with gradient-based adaptive restart (O'Donoghue & Candes): z = P(y - grad(y) / L),
+  momentum reset when grad(y) . (z - x) > 0. Gradient tests only: f differences are below
+  float32 resolution on ill-conditioned problems. Stops when L ||z - y||_inf <= tol."""
   one = jnp.ones((), x0.dtype)
 
   def cond(s):
     return (s[0] < max_iters) & ~s[-1]
 
   def body(s):
-    k, x, fx, y, fy, gy, t, lip, _ = s
-    z = project(y - gy / lip)
-    d = z - y
-    fz, _ = fun(z)
-    slack = 1e-6 * (jnp.abs(fy) + jnp.abs(gy) @ jnp.abs(y))   # float32 rounding of f
-    accept = fz <= fy + gy @ d + 0.5 * lip * (d @ d) + slack
-    descent = accept & (fz <= fx)
-    t_next = (1 + jnp.sqrt(1 + 4 * t * t)) / 2
-    x_new = jnp.where(descent, z, x)
-    y_new = jnp.where(descent, z + (t - 1) / t_next * (z - x), jnp.where(accept, x, y))
-    t_new = jnp.where(descent, t_next, jnp.where(accept, one, t))
-    fy_new, gy_new = fun(y_new)
-    done = accept & (lip * jnp.max(jnp.abs(d)) <= tol)
-    return (k + 1, x_new, jnp.where(descent, fz, fx), y_new, fy_new, gy_new, t_new,
-            jnp.where(accept, lip, 2 * lip), done)
+    k, x, y, t, _ = s
+    gy = grad(y)
+    z = project(y - gy / lipschitz)
+    restart = gy @ (z - x) > 0
+    t_next = jnp.where(restart, one, (1 + jnp.sqrt(1 + 4 * t * t)) / 2)
+    y_new = jnp.where(restart, z, z + (t - 1) / t_next * (z - x))
+    done = lipschitz * jnp.max(jnp.abs(z - y)) <= tol
+    return k + 1, z, y_new, t_next, done
 
-  init = (0, x0, f0, x0, f0, g0, one, jnp.maximum(lipschitz, _TINY), jnp.zeros((), bool))
-  return lax.while_loop(cond, body, init)[1]
+  return lax.while_loop(cond, body, (0, x0, x0, one, jnp.zeros((), bool)))[1]
 
 
 def _active_set_newton(fun_hess: Callable, x0, lipschitz, simplex: bool, steps: int,
                        ridge: float = 1e-6):
-  """Primal-dual active-set Newton steps on {x >= 0} (and sum x = 1 if ``simplex``).
+  """Active-set Newton steps from a feasible x0 on {x >= 0} (and sum x = 1 if ``simplex``).
 
-  Free set F = {x - mu / L > 0} (mu: bound multipliers); on F solve the Newton (KKT)
-  system of f's quadratic model, Jacobi-equilibrated, with a proximal ridge; x_A = 0.
-  Returns the feasible projection of the iterates (x0 included) with the smallest
-  gradient mapping L ||x - P(x - grad f(x) / L)||_inf."""
-  n = x0.shape[0]
+  Free set F = {x - mu / L > 0} (mu = grad f - lambda: bound multipliers). The step zeroes
+  x_A and minimises f's quadratic model over the free coordinates (Jacobi-equilibrated
+  Cholesky, proximal ridge); on the simplex it moves in the null space of sum,
+  dx = sum_i d_i (e_i - e_p), the pivot p being the largest free entry. Candidates: the
+  projected full step and the step cut at the first bound (where the model is flat, as for
+  CAGrad with rank(G) < T). Each step keeps the candidate with the smallest gradient mapping
+  L ||x - P(x - grad f(x) / L)||_inf among those not worse in f (up to float32 noise)."""
+  num = x0.shape[0]
   project = project_to_simplex if simplex else _nonneg
 
-  def merit(x):
-    return jnp.max(jnp.abs(x - project(x - fun_hess(x)[1] / lipschitz)))
+  def score(x):
+    f, g, _ = fun_hess(x)
+    slack = 1e-6 * (jnp.abs(f) + jnp.abs(g) @ jnp.abs(x))
+    return jnp.max(jnp.abs(x - project(x - g / lipschitz))), f, slack
+
+  def newton_step(x):
+    _, g, h = fun_hess(x)
+    free = x - (g - x @ g if simplex else g) / lipschitz > 0
+    if simplex:
+      pivot = jax.nn.one_hot(jnp.argmax(jnp.where(free, x, -jnp.inf)), num, dtype=x.dtype)
+      basis = jnp.eye(num, dtype=x.dtype) - jnp.outer(pivot, jnp.ones_like(x))   # Z
+      base = pivot * (1 - jnp.sum(x))            # restores sum x = 1
+      free = free & (pivot == 0)
+    else:
+      basis, base = jnp.eye(num, dtype=x.dtype), jnp.zeros_like(x)
+    fm = free.astype(x.dtype)
+    base = base + basis @ ((fm - 1) * x)         # x_A -> 0
+    h_red = basis.T @ h @ basis
+    diag = jnp.where(free, jnp.maximum(jnp.diag(h_red), 1e-8 * lipschitz), 1)
+    sc = fm / jnp.sqrt(diag)
+    m = sc[:, None] * h_red * sc[None, :] + jnp.diag(jnp.where(free, ridge, 1))
+    d = sc * jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(m), True),
+                                        -sc * (basis.T @ (g + h @ base)))
+    return base + basis @ d
 
   def step(_, s):
-    x, mu, best, best_merit = s
-    _, g, h = fun_hess(x)
-    free = x - mu / lipschitz > 0
-    fm = free.astype(x.dtype)
-    diag = jnp.where(free, jnp.maximum(jnp.diag(h), 1e-8 * lipschitz), 1)
-    sc = fm / jnp.sqrt(diag) + (1 - fm)                 # solve for y = x / sc
-    m = (sc * fm)[:, None] * h * (sc * fm)[None, :] + jnp.diag(jnp.where(free, ridge, 1))
-    rhs = sc * fm * (h @ x - g + ridge * diag * x)
-    if simplex:                                         # unknown lambda: G_F x_F - lambda 1 = .
-      border = (sc * fm)[:, None]
-      m = jnp.block([[m, -border], [border.T, jnp.zeros((1, 1), x.dtype)]])
-      rhs = jnp.append(rhs, 1)
-      sc = jnp.append(sc, 1)
-    lu = jax.scipy.linalg.lu_factor(m)
-    sol = jax.scipy.linalg.lu_solve(lu, rhs)
-    sol = sc * (sol + jax.scipy.linalg.lu_solve(lu, rhs - m @ sol))    # one refinement
-    ok = jnp.all(jnp.isfinite(sol))
-    x_new = jnp.where(ok, sol[:n], best)
-    g_new = fun_hess(x_new)[1]
-    mu_new = jnp.where(free | ~ok, 0, g_new - sol[n] if simplex else g_new)
-    cand = project(x_new)
-    cand_merit = merit(cand)
-    better = ok & (cand_merit <= best_merit)
-    return (x_new, mu_new, jnp.where(better, cand, best),
-            jnp.where(better, cand_merit, best_merit))
+    x, best = s
+    dx = newton_step(x)
+    cut = jnp.min(jnp.where(dx < 0, x / jnp.where(dx < 0, -dx, 1), 1))
+    cands = jax.vmap(project)(x + jnp.stack([1, jnp.clip(cut, 0, 1)])[:, None] * dx)
+    merit, f, slack = jax.vmap(score)(cands)
+    ok = jnp.all(jnp.isfinite(cands), axis=1) & (f <= best[1] + best[2])
+    merit = jnp.where(ok, merit, jnp.inf)
+    i = jnp.argmin(merit)
+    better = merit[i] <= best[0]
+    pick = lambda new, old: jnp.where(better, new, old)
+    return pick(cands[i], x), (pick(merit[i], best[0]), pick(f[i], best[1]),
+                               pick(slack[i], best[2]))
 
-  g0 = fun_hess(x0)[1]
-  mu0 = g0 - x0 @ g0 if simplex else g0
-  return lax.fori_loop(0, steps, step, (x0, mu0, x0, merit(x0)))[2]
+  return lax.fori_loop(0, steps, step, (x0, score(x0)))[0]
 
 
 def _quadratic(q_mat, q_vec):
@@ -142,7 +146,7 @@ def _quadratic(q_mat, q_vec):
 
 def _solve_constrained(fun_hess, x0, lipschitz, simplex, max_iters, tol, newton_steps):
   project = project_to_simplex if simplex else _nonneg
-  x = _fista(lambda x: fun_hess(x)[:2], project, x0, lipschitz, max_iters, tol)
+  x = _fista(lambda x: fun_hess(x)[1], project, x0, lipschitz, max_iters, tol)
   return _active_set_newton(fun_hess, x, lipschitz, simplex, newton_steps)
 
 
@@ -154,15 +158,17 @@ def _trace_scale(g: jax.Array):
 
 
 def min_norm_simplex(g: jax.Array, *, max_iters: int = 500, tol: float = 1e-6,
-                     newton_steps: int = 4) -> jax.Array:
+                     newton_steps: int = 4, two_task_closed_form: bool = True) -> jax.Array:
   """w* = argmin_{w in simplex} w^T G w: the min-norm point J^T w* of the convex hull.
 
   T = 2: w_1 = clip((G22 - G12) / (G11 + G22 - 2 G12), 0, 1) (1/2 if g_1 = g_2).
-  T > 2: FISTA + active-set Newton on G / tr G, from w = 1/T. G = 0 gives w = 1/T."""
+  T > 2 (or ``two_task_closed_form=False``): on G / tr G from w = 1/T, FISTA (at most
+  ``max_iters``, until the gradient mapping is <= tol) then ``newton_steps`` active-set
+  Newton steps. G = 0 gives w = 1/T."""
   num = g.shape[0]
   if num == 1:
     return jnp.ones((1,), g.dtype)
-  if num == 2:
+  if num == 2 and two_task_closed_form:
     den = g[0, 0] + g[1, 1] - 2 * g[0, 1]
     pos = den > 0
     w1 = jnp.where(pos, jnp.clip((g[1, 1] - g[0, 1]) / jnp.where(pos, den, 1), 0, 1), 0.5)
@@ -171,7 +177,7 @@ def min_norm_simplex(g: jax.Array, *, max_iters: int = 500, tol: float = 1e-6,
   gn = g / scale
   uniform = jnp.full((num,), 1 / num, g.dtype)
   w = _solve_constrained(_quadratic(gn, jnp.zeros_like(uniform)), uniform,
-                         _top_eigenvalue(gn), True, max_iters, tol, newton_steps)
+                         _lipschitz(gn), True, max_iters, tol, newton_steps)
   return jnp.where(ok, w, uniform)
 
 
@@ -179,13 +185,15 @@ def nonneg_qp(q_mat: jax.Array, q_vec: jax.Array, *, max_iters: int = 500,
               tol: float = 1e-6, newton_steps: int = 4) -> jax.Array:
   """x* = argmin_{x >= 0} 1/2 x^T Q x + q^T x for symmetric positive-definite Q.
 
-  FISTA + active-set Newton on (Q, q) / (tr Q / T), from max(-q / diag Q, 0)."""
+  FISTA (at most ``max_iters``, until the gradient mapping is <= tol) then
+  ``newton_steps`` active-set Newton steps, on (Q, q) / (tr Q / T), from
+  max(-q / diag Q, 0). Q = 0 gives x = 0."""
   num = q_mat.shape[0]
   scale, ok = _trace_scale(q_mat)
   scale = scale / num
   qn, cn = q_mat / scale, q_vec / scale
   x0 = _nonneg(-cn / jnp.maximum(jnp.diag(qn), 1e-6))
-  x = _solve_constrained(_quadratic(qn, cn), x0, _top_eigenvalue(qn), False, max_iters,
+  x = _solve_constrained(_quadratic(qn, cn), x0, _lipschitz(qn), False, max_iters,
                          tol, newton_steps)
   return jnp.where(ok, x, jnp.zeros_like(x))
 
@@ -226,16 +234,66 @@ def dualproj_weights(g: jax.Array, preference: Optional[jax.Array] = None, *,
   return u + nonneg_qp(gt, gt @ u, max_iters=max_iters, tol=tol)
 
 
-def cagrad_weights(g: jax.Array, c, *, max_iters: int = 1000, tol: float = 1e-6,
+def _cagrad_barrier(gn, b, k, f_scale, max_iters, tol):
+  """Barrier path for min_{w in simplex} b^T w + k sqrt(w^T G w) (an SOCP in (w, t)).
+
+  With t minimised out, the barrier problem at mu is min_{sum w = 1}
+  psi(w) = (b^T w + tau) / mu - log tau - sum log w,  tau = mu + sqrt(mu^2 + k^2 w^T G w),
+  a smoothing of the kink at g_w = 0 that vanishes as mu -> 0. Damped Newton on psi
+  (step 1 / (1 + decrement) until the decrement is < 1/4; feasible by self-concordance),
+  Jacobi-scaled, with a 1e-4 proximal ridge for the directions that are flat when
+  rank(G) < T; mu /= 10 once centred (decrement < 1/2), down to tol f_scale / (T + 2)."""
+  num = b.shape[0]
+  mu_end = tol * f_scale / (num + 2)
+
+  def cond(s):
+    return (s[0] < max_iters) & ~s[-1]
+
+  def body(s):
+    i, w, mu, _ = s
+    gw = gn @ w
+    r = jnp.sqrt(mu**2 + k**2 * _nonneg(w @ gw))
+    tau = mu + r
+    grad = (b + k**2 * gw / tau) / mu - 1 / w
+    hess = (k**2 / (mu * tau)) * (gn - (k**2 / (tau * r)) * jnp.outer(gw, gw))
+    hess = hess + jnp.diag(1 / w**2)
+    sc = 1 / jnp.sqrt(jnp.diag(hess))                 # Jacobi scaling, Schur complement
+    scaled = sc[:, None] * hess * sc[None, :]
+    chol = (jnp.linalg.cholesky(scaled + 1e-4 * jnp.eye(num, dtype=w.dtype)), True)  # prox
+    y1 = sc * jax.scipy.linalg.cho_solve(chol, -sc * grad)
+    y2 = sc * jax.scipy.linalg.cho_solve(chol, sc)
+    step = y1 - (jnp.sum(y1) / jnp.sum(y2)) * y2
+    step = step.at[jnp.argmax(w)].add(-jnp.sum(step))   # sum(step) = 0 exactly
+    u = step / sc
+    decrement = jnp.sqrt(_nonneg(u @ scaled @ u))
+    w_new = w + jnp.where(decrement < 0.25, 1, 1 / (1 + decrement)) * step
+    w_new = jnp.maximum(w_new, 1e-3 * w)            # float32 guard; Dikin keeps w > 0
+    ok = jnp.all(jnp.isfinite(w_new))
+    w_new = jnp.where(ok, w_new / jnp.sum(w_new), w)
+    centred = (decrement < 0.5) | ~ok
+    done = centred & (mu <= mu_end)
+    return i + 1, w_new, jnp.where(centred, jnp.maximum(mu / 10, mu_end), mu), done
+
+  w0 = jnp.full((num,), 1 / num, b.dtype)
+  return lax.while_loop(cond, body, (0, w0, f_scale, jnp.zeros((), bool)))[1]
+
+
+def cagrad_weights(g: jax.Array, c, *, max_iters: int = 100, tol: float = 1e-8,
                    newton_steps: int = 4) -> jax.Array:
   """w* = argmin_{w in simplex} w^T G 1/T + c ||g0|| sqrt(w^T G w), ||g0||^2 = 1^T G 1 / T^2.
 
-  FISTA + active-set Newton on G / tr G (sqrt smoothed by 1e-12 tr G), from w = 1/T."""
+  On G / tr G: a barrier (interior-point) path down to relative gap ``tol`` (at most
+  ``max_iters`` Newton steps, typically 30-50), then ``newton_steps`` active-set Newton
+  steps on the objective (sqrt(w^T G w + 1e-12 tr G)). w = 1/T if g0 = 0 (that is, if
+  max_i |g_i . g0| + c ||g0|| max_i ||g_i|| <= 1e-6 tr G: float32 rounding level)."""
   num = g.shape[0]
   scale, ok = _trace_scale(g)
   gn = g / scale
-  b = jnp.mean(gn, axis=1)
-  k = c * jnp.sqrt(_nonneg(jnp.sum(b)) / num)
+  b = jnp.mean(gn, axis=1)                          # b_i = g_i . g0
+  k = c * jnp.sqrt(_nonneg(jnp.sum(b)) / num)        # c ||g0||
+  f_scale = jnp.max(jnp.abs(b)) + k * jnp.sqrt(jnp.max(jnp.diag(gn)))
+  ok = ok & (f_scale > 1e-6)                        # else g0 = 0 up to rounding
+  f_scale = jnp.where(ok, f_scale, 1)
 
   def fun_hess(w):
     gw = gn @ w
@@ -243,19 +301,21 @@ def cagrad_weights(g: jax.Array, c, *, max_iters: int = 1000, tol: float = 1e-6,
     hess = k * (gn / r - jnp.outer(gw, gw) / r**3)
     return b @ w + k * r, b + k * gw / r, hess
 
-  uniform = jnp.full((num,), 1 / num, g.dtype)
-  lipschitz = k * _top_eigenvalue(gn) / jnp.sqrt(_nonneg(jnp.sum(b)) / num + _SMOOTHING)
-  w = _solve_constrained(fun_hess, uniform, lipschitz, True, max_iters, tol, newton_steps)
-  return jnp.where(ok, w, uniform)
+  w = _cagrad_barrier(gn, b, k, f_scale, max_iters, tol)
+  w = _active_set_newton(fun_hess, w, f_scale, True, newton_steps)
+  return jnp.where(ok, w, jnp.full((num,), 1 / num, g.dtype))
 
 
-def cagrad_alpha(g: jax.Array, c=0.4, rescale: int = 1, **solver_kwargs) -> jax.Array:
+def cagrad_alpha(g: jax.Array, c=0.4, rescale: int = 1, w: Optional[jax.Array] = None,
+                 **solver_kwargs) -> jax.Array:
   """CAGrad coefficients alpha = 1/T + c ||g0|| / ||g_w*|| w*, divided by 1 (rescale 0),
-  1 + c^2 (1) or 1 + c (2); the correction is dropped if ||g_w*||^2 < 1e-8 tr G / T."""
+  1 + c^2 (1) or 1 + c (2); w* = ``w`` or ``cagrad_weights(G, c, **solver_kwargs)``.
+  The correction is dropped if ||g_w*||^2 < 1e-8 tr G / T (0 in the hull, g0 = 0)."""
   if rescale not in (0, 1, 2):
     raise ValueError(f'cagrad: rescale must be 0, 1 or 2, got {rescale!r}')
   num = g.shape[0]
-  w = cagrad_weights(g, c, **solver_kwargs)
+  if w is None:
+    w = cagrad_weights(g, c, **solver_kwargs)
   g0_norm = jnp.sqrt(_nonneg(jnp.sum(g))) / num
   gw_sq = _nonneg(w @ g @ w)
   big = gw_sq > 1e-8 * jnp.trace(g) / num
@@ -266,52 +326,53 @@ def cagrad_alpha(g: jax.Array, c=0.4, rescale: int = 1, **solver_kwargs) -> jax.
 
 def nash_mtl_weights(g: jax.Array, alpha_init: Optional[jax.Array] = None, *,
                      max_iters: int = 50, tol: float = 1e-6, eps: float = 1e-5) -> jax.Array:
-  """alpha > 0 with G_eps alpha = 1 / alpha, G_eps = G + eps (tr G / T) I: the minimiser of
-  f(alpha) = 1/2 alpha^T G_eps alpha - sum_t log alpha_t (self-concordant, strictly convex).
+  """alpha > 0 with G_eps alpha = 1 / alpha: the minimiser of the strictly convex,
+  self-concordant f(alpha) = 1/2 alpha^T G_eps alpha - sum_t log alpha_t, where
+  G_eps = G + eps diag(s), s_t = G_tt + 1e-6 tr G / T: each task is regularised relative to
+  its own scale, which keeps the covariance alpha_t -> alpha_t / c_t under g_t -> c_t g_t.
 
-  Newton in relative steps alpha <- alpha (1 + t p), (D G_eps D + I) p = 1 - alpha G_eps alpha,
-  D = diag(alpha), with Newton decrement delta^2 = p^T (D G_eps D + I) p: t = 1 once
-  delta < 1/4, else Armijo backtracking from the boundary-safe min(1, 0.95 / max(-p)),
-  never below the always-safe damped step 1 / (1 + delta). Stops when delta <= tol.
-  Runs on G / s (s: a power of two near tr G / T) and returns alpha / sqrt(s); starts from
+  Runs on the unit-diagonal C = S^(-1/2) G_eps S^(-1/2) and returns S^(-1/2) alpha_C.
+  Newton in relative steps alpha <- alpha (1 + t p), (D C D + I) p = 1 - alpha C alpha,
+  D = diag(alpha), decrement delta^2 = p^T (D C D + I) p: t = 1 once delta < 1/4, else the
+  longest of 8 halvings of the boundary-safe min(1, 0.95 / max(-p)) passing Armijo, but at
+  least the always-safe damped step 1 / (1 + delta). Stops when delta <= tol. Starts from
   alpha_init (default diag(G_eps)^(-1/2)) rescaled to the best point on its ray.
-  G = 0 gives alpha = 1. (In float32 the residual of rank-deficient G is limited to about
-  1e-7 T / eps: G alpha is then a sum of cancelling terms.)"""
+  G = 0 gives alpha = 1. A zero gradient g_t gives a large alpha_t = (1e-11 tr G / T)^(-1/2).
+  In float32 the residual for rank-deficient G is limited to about 1e-7 T / eps."""
   num = g.shape[0]
   tr = jnp.trace(g)
   ok = tr > _TINY
-  mean_diag = jnp.where(ok, tr / num, 1)
-  scale = jnp.exp2(jnp.round(jnp.log2(mean_diag)))      # exact division
-  gn = g / scale + (eps * mean_diag / scale) * jnp.eye(num, dtype=g.dtype)
-  a0 = 1 / jnp.sqrt(jnp.diag(gn))
+  inv_sqrt_s = 1 / jnp.sqrt(jnp.diag(g) + 1e-6 * jnp.where(ok, tr, 1) / num)
+  c = inv_sqrt_s[:, None] * g * inv_sqrt_s[None, :] + eps * jnp.eye(num, dtype=g.dtype)
+  a0 = jnp.ones((num,), g.dtype)
   if alpha_init is not None:
-    a_init = jnp.asarray(alpha_init, g.dtype) * jnp.sqrt(scale)
+    a_init = jnp.asarray(alpha_init, g.dtype) / inv_sqrt_s
     valid = jnp.all(jnp.isfinite(a_init) & (a_init > 0))
     a0 = jnp.where(valid, a_init, a0)
-  a0 = a0 * jnp.sqrt(num / (a0 @ gn @ a0))
+  a0 = a0 * jnp.sqrt(num / (a0 @ c @ a0))
 
   def objective(a):
-    return 0.5 * a @ gn @ a - jnp.sum(jnp.log(a))
+    return 0.5 * a @ c @ a - jnp.sum(jnp.log(a))
 
   def cond(s):
     return (s[0] < max_iters) & (s[2] > tol)
 
   def body(s):
     k, a, _ = s
-    m = a[:, None] * gn * a[None, :] + jnp.eye(num, dtype=g.dtype)
-    r = 1 - a * (gn @ a)
+    m = a[:, None] * c * a[None, :] + jnp.eye(num, dtype=g.dtype)
+    r = 1 - a * (c @ a)
     p = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(m), True), r)
     decrement2 = _nonneg(r @ p)
     delta = jnp.sqrt(decrement2)
     damped = 1 / (1 + delta)
-    f0 = objective(a)
-    armijo_fails = lambda t: objective(a * (1 + t * p)) > f0 - 1e-4 * t * decrement2
-    t = jnp.minimum(1, 0.95 / jnp.maximum(jnp.max(-p), _TINY))
-    t = lax.while_loop(lambda t: (t > damped) & armijo_fails(t), lambda t: t / 2, t)
+    trials = jnp.minimum(1, 0.95 / jnp.maximum(jnp.max(-p), _TINY)) * 0.5 ** jnp.arange(8.0)
+    armijo = jax.vmap(objective)(a * (1 + trials[:, None] * p)) <= (
+        objective(a) - 1e-4 * trials * decrement2)
+    t = jnp.max(jnp.where(armijo, trials, 0))            # the longest trial that passes
     t = jnp.where(delta < 0.25, 1, jnp.maximum(t, damped))
     a_new = a * jnp.maximum(1 + t * p, 1e-3)       # both step rules keep 1 + t p > 0
     ok_step = jnp.all(jnp.isfinite(a_new))
     return k + 1, jnp.where(ok_step, a_new, a), jnp.where(ok_step, delta, 0)
 
   a = lax.while_loop(cond, body, (0, a0, jnp.full((), jnp.inf, g.dtype)))[1]
-  return jnp.where(ok, a / jnp.sqrt(scale), jnp.ones_like(a))
+  return jnp.where(ok, a * inv_sqrt_s, jnp.ones_like(a))
