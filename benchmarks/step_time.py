@@ -47,6 +47,7 @@ EW_VS_HAND = 1.05
 GRAD_SLACK = 1.3
 COMPILE_RATIO = 2.0
 HAND = '(hand-written)'
+GUARDED = '(hand-written + guard)'  # + the trainer's grad/param norms and non-finite guard
 FLOORS = {  # name -> (needs, weights read the Gram matrix)
     '(floor: J)': (Needs.JACOBIAN, False),
     '(floor: J+G)': (Needs.JACOBIAN, True),
@@ -111,8 +112,10 @@ class Setup:
   def step(self, method: Weighting):
     return make_train_step(self.model, self.tasks, self.optimizer, method)
 
-  def hand(self):
-    """(step, state) of the hand-written single-loss step."""
+  def hand(self, guard: bool = False):
+    """(step, state) of the hand-written single-loss step; with ``guard``, plus what the
+    trainer's step adds to every method: gradient and parameter norms and the rejection of
+    a non-finite update (a whole-state ``lax.cond``)."""
     model, optimizer, names = self.model, self.optimizer, self.tasks.names
 
     def hand_step(state, batch):
@@ -123,8 +126,15 @@ class Setup:
         return sum(jnp.mean((preds[n] - batch['labels'][n]) ** 2) for n in names)
 
       loss, grads = jax.value_and_grad(loss_fn)(params)
-      updates, opt_state = optimizer.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), loss
+      updates, new_opt_state = optimizer.update(grads, opt_state, params)
+      new_params = optax.apply_updates(params, updates)
+      if not guard:
+        return (new_params, new_opt_state), loss
+      grad_norm, param_norm = optax.tree.norm(grads), optax.tree.norm(new_params)
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
+      new_state = jax.lax.cond(finite, lambda: (new_params, new_opt_state),
+                               lambda: (params, opt_state))
+      return new_state, (loss, grad_norm, param_norm)
 
     params = self.state(weighting.get('ew')).params
     return jax.jit(hand_step, donate_argnums=0), (params, optimizer.init(params))
@@ -165,6 +175,7 @@ def time_steps(setup: Setup, methods: list, args, num_steps: int, rng):
   """Per-step times (ms) of every method, the hand-written step and the floors, interleaved,
   and the lower + compile times of their steps (each compiled once, then run compiled)."""
   runners = {HAND: [*setup.hand(), setup.hand_batch]}  # first: absorbs one-off tracing costs
+  runners[GUARDED] = [*setup.hand(guard=True), setup.hand_batch]
   for name in methods:
     method = make_method(name, setup.num_tasks)
     runners[name] = [setup.step(method), setup.state(method), setup.batch]
@@ -316,6 +327,8 @@ def print_table(report: dict) -> None:
     print(line)
   print('ew / hand-written: ' + ', '.join(
       f"T={results[k]['num_tasks']}: {results[k]['ew_over_hand']:.3f}" for k in keys))
+  print('ew / (hand-written + guard): ' + ', '.join(
+      f"T={results[k]['num_tasks']}: {results[k]['ew_over_guarded_hand']:.3f}" for k in keys))
   for k in keys:
     for name, c in results[k]['compile'].items():
       print(f"compile T={results[k]['num_tasks']:<3} {name:<8} lower {c['lower_s']:.2f}s + "
@@ -391,6 +404,8 @@ def main(argv=None):
                     'extra_compiles': phase['compile'] - phase['solvers']},
         'steps': steps,
         'ew_over_hand': steps['ew']['median_ms'] / steps[HAND]['median_ms'],
+        'ew_over_guarded_hand': steps['ew']['median_ms'] / steps[GUARDED]['median_ms'],
+        'guarded_hand_over_hand': steps[GUARDED]['median_ms'] / steps[HAND]['median_ms'],
         'ew_over_hand_min': steps['ew']['min_ms'] / steps[HAND]['min_ms'],
         'solver_ms': solver_ms,
         'compile': compile_s,

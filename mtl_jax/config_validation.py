@@ -72,11 +72,31 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f'{models.names()}', c.model.name)
   _require(c.model.backbone in models.backbone_names(), 'config.model.backbone',
            f'must be one of {models.backbone_names()}', c.model.backbone)
-  for field in ('hidden', 'tower_hidden'):
-    widths = c.model[field]
-    _require(all(type(w) is int and w > 0 for w in widths), f'config.model.{field}',
-             'must be positive integer widths', widths)
+  widths = c.model.tower_hidden
+  _require(all(type(w) is int and w > 0 for w in widths), 'config.model.tower_hidden',
+           'must be positive integer widths', widths)
+  for kind, name, known in (
+      ('model', c.model.name, models.hyperparameters(c.model.name)),
+      ('backbone', c.model.backbone, models.backbone_hyperparameters(c.model.backbone))):
+    block = set(c.model[name]) if name in c.model else set()
+    _require(block <= set(known), f'config.model.{name}',
+             f'has unknown options {sorted(block - set(known))}; {kind} {name} takes '
+             f'{sorted(known)}', sorted(block))
   _require(0 <= c.model.dropout < 1, 'config.model.dropout', 'must be in [0, 1)', c.model.dropout)
+  try:                           # the backbone checks its own options
+    models.get_backbone(c.model.backbone, dropout=c.model.dropout,
+                        **{k: tuple(v) if isinstance(v, list) else v
+                           for k, v in c.model.get(c.model.backbone, {}).items()})
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f'config.model.{e}') from None
+
+  t = c.transfer
+  _require(t.lr_ratio > 0, 'config.transfer.lr_ratio', 'must be > 0', t.lr_ratio)
+  _require(t.pretrain_steps > 0, 'config.transfer.pretrain_steps', 'must be > 0',
+           t.pretrain_steps)
+  _require(not (t.init_from and t.pretrain_task), 'config.transfer.pretrain_task',
+           'cannot be combined with transfer.init_from', t.pretrain_task)
+  _require(type(t.freeze) is bool, 'config.transfer.freeze', 'must be True or False', t.freeze)
 
   _require(c.weighting.name in weighting.names(), 'config.weighting.name',
            f'must be one of {weighting.names()}', c.weighting.name)

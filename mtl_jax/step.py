@@ -52,6 +52,7 @@ def init_train_state(model: nn.Module, tasks: TaskSet, optimizer: optax.Gradient
   variables = init({'params': init_rng, 'dropout': init_rng}, sample_inputs, train=False)
   variables = flax.core.unfreeze(variables)
   params = variables.pop('params')
+  params.setdefault('shared', {})    # a model without shared parameters (``independent``)
   if set(params) != {'shared', 'task'}:
     raise ValueError("a multi-task model's params must have exactly the top-level subtrees "
                      f"'shared' and 'task', got {sorted(params)}")
@@ -68,15 +69,24 @@ def init_train_state(model: nn.Module, tasks: TaskSet, optimizer: optax.Gradient
   return jax.tree.map(lambda x: jnp.array(x, copy=True), state)
 
 
+AUX_LOSS = 'aux_loss'
+
+
 def _apply(model, params, model_state, inputs, train, rng=None, method=None):
-  """``model.apply`` (or one of its methods) and the updated ``model_state``."""
+  """``model.apply`` (or one of its methods), the updated ``model_state`` and the auxiliary
+  losses the model sowed (``self.sow('aux_loss', name, value)``, training only) as a flat
+  ``{name: scalar}``."""
   variables = {'params': params, **model_state}
   rngs = {'dropout': rng} if rng is not None else None
-  if train and model_state:
-    out, new_state = model.apply(variables, inputs, train=True, rngs=rngs,
-                                 mutable=list(model_state), method=method)
-    return out, flax.core.unfreeze(new_state)
-  return model.apply(variables, inputs, train=train, rngs=rngs, method=method), model_state
+  if not train:
+    return model.apply(variables, inputs, train=False, rngs=rngs, method=method), model_state, {}
+  out, new_state = model.apply(variables, inputs, train=True, rngs=rngs,
+                               mutable=list(model_state) + [AUX_LOSS], method=method)
+  new_state = flax.core.unfreeze(new_state)
+  sown = new_state.pop(AUX_LOSS, {})
+  aux_losses = {name: sum(jnp.sum(v) for v in jax.tree_util.tree_leaves(values))
+                for name, values in flax.traverse_util.flatten_dict(sown, sep='/').items()}
+  return out, new_state, aux_losses
 
 
 def _merge_model_state(from_shared, from_task):
@@ -91,7 +101,7 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
                     mode: str = 'param', chunk_size: Optional[int] = None,
                     head_grads: Optional[str] = None,
                     mesh: Optional[jax.sharding.Mesh] = None, jit: bool = True,
-                    donate: bool = True):
+                    donate: bool = True, frozen: Optional[PyTree] = None):
   """Returns a pure ``(state, batch) -> (state, metrics)``.
 
   Args:
@@ -107,14 +117,23 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
     mesh: if given, the batch is sharded over its ``'data'`` axis and the state replicated.
     jit: return the jit-compiled step (state donated) rather than the Python function.
     donate: donate the input state's buffers to the output.
+    frozen: a bool pytree like the params: True leaves get no gradient (``stop_gradient``),
+      so per-task Jacobians and Gram matrices cover the trainable parameters only.
 
-  Metrics: ``losses`` [T], ``weights`` [T], ``loss`` (= sum_t w_t L_t), ``grad_norm``,
-  ``param_norm``, ``lr``, ``rejected`` (1 if this update was rejected as non-finite).
+  Metrics: ``losses`` [T], ``weights`` [T], ``loss`` (= sum_t w_t L_t + auxiliary losses),
+  ``grad_norm``, ``param_norm`` (of the params the step returns), ``lr``,
+  ``rejected`` (1 if this update was rejected as non-finite), ``aux_loss/<name>`` (each
+  auxiliary loss the model sowed).
   """
 
   if mode == 'rep' and not (hasattr(model, 'representation') and hasattr(model, 'heads')):
     raise ValueError(f"mode='rep' needs a model with representation() and heads() methods; "
                      f'{type(model).__name__} has none')
+
+  def freeze(params):
+    if frozen is None:
+      return params
+    return jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
 
   def train_step(state: TrainState, batch):
     rng, dropout_rng, weighting_rng = jax.random.split(state.rng, 3)
@@ -122,23 +141,36 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
     inputs = batch['inputs']
 
     def losses_fn(params):
-      preds, new_model_state = _apply(model, params, state.model_state, inputs, True,
-                                      dropout_rng)
-      return tasks.losses(preds, batch), new_model_state
+      params = freeze(params)
+      # [T] task losses, then the model's auxiliary losses (added with weight 1).
+      preds, new_model_state, aux_losses = _apply(model, params, state.model_state, inputs,
+                                                  True, dropout_rng)
+      extra = jnp.stack([aux_losses[k] for k in aux_names]) if aux_names else None
+      losses = tasks.losses(preds, batch)
+      return (losses if extra is None else jnp.concatenate([losses, extra.astype(losses.dtype)]),
+              new_model_state)
 
     def rep_fn(shared):
-      params = {'shared': shared, 'task': state.params['task']}
-      return _apply(model, params, state.model_state, inputs, True, dropout_rng,
-                    method='representation')
+      params = freeze({'shared': shared, 'task': state.params['task']})
+      z, new_model_state, aux_losses = _apply(model, params, state.model_state, inputs, True,
+                                              dropout_rng, method='representation')
+      _no_aux_losses(aux_losses, model)
+      return z, new_model_state
 
     def head_fn(z, task, stacked=False):
-      params = {'shared': state.params['shared'], 'task': task}
-      heads = lambda module, z, train: module.heads(z, train, stacked=stacked)
-      preds, new_model_state = _apply(model, params, state.model_state, z, True, dropout_rng,
-                                      method=heads)
+      params = freeze({'shared': state.params['shared'], 'task': task})
+      heads = lambda module, z, train: module.heads(z, train, stacked=stacked, inputs=inputs)
+      preds, new_model_state, aux_losses = _apply(model, params, state.model_state, z, True,
+                                                  dropout_rng, method=heads)
+      _no_aux_losses(aux_losses, model)
       return tasks.losses(preds, batch), new_model_state
 
-    has_rep = hasattr(model, 'representation') and hasattr(model, 'heads')
+    # The names of the model's auxiliary losses, from an abstract evaluation (no FLOPs).
+    aux_names = sorted(jax.eval_shape(
+        lambda p: _apply(model, p, state.model_state, inputs, True, dropout_rng)[2],
+        state.params))
+    has_rep = (hasattr(model, 'representation') and hasattr(model, 'heads')
+               and not aux_names)
     out = engine.task_gradients(
         weighting, state.params, state.weighting_state, weighting_rng, applied,
         losses_fn=losses_fn, rep_fn=rep_fn if has_rep else None,
@@ -150,40 +182,55 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
+    # A non-finite or overflowing update makes the new params non-finite, so their norm
+    # (a logged metric anyway) detects it without a pass over the updates.
+    param_norm = optax.tree.norm(params)
     finite = (jnp.all(jnp.isfinite(losses)) & jnp.isfinite(grad_norm)
-              & jnp.isfinite(optax.tree.norm(updates)))
+              & jnp.isfinite(param_norm))
     weighting_state = result.state
     if weighting.after_step is not None:
       # The method's own update from the losses after the step, on the same batch.
-      new_losses, _ = losses_fn(params)
+      new_losses = losses_fn(params)[0][:len(tasks)]
       finite &= jnp.all(jnp.isfinite(new_losses))
       weighting_state = weighting.after_step(weighting_state, jax.lax.stop_gradient(losses),
                                              jax.lax.stop_gradient(new_losses))
 
-    def keep_if_finite(new, old):
-      return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-
+    # Keep the new state only if finite: one select of whole buffers (lax.cond), cheaper
+    # than an elementwise where over every leaf.
+    # The old params' norm is computed only when the update is rejected.
+    new = (params, new_model_state, opt_state, weighting_state, param_norm)
+    old = lambda: (state.params, state.model_state, state.opt_state, state.weighting_state,
+                   optax.tree.norm(state.params))
+    params, new_model_state, opt_state, weighting_state, param_norm = jax.lax.cond(
+        finite, lambda: new, old)
     new_state = TrainState(
         step=state.step + 1,
-        params=keep_if_finite(params, state.params),
-        model_state=keep_if_finite(new_model_state, state.model_state),
-        opt_state=keep_if_finite(opt_state, state.opt_state),
-        weighting_state=keep_if_finite(weighting_state, state.weighting_state),
+        params=params,
+        model_state=new_model_state,
+        opt_state=opt_state,
+        weighting_state=weighting_state,
         rng=rng,
         num_rejected=state.num_rejected + (~finite).astype(jnp.int32))
     metrics = {
         'losses': losses,
         'weights': result.weights,
-        'loss': jnp.sum(result.weights * losses),
+        'loss': jnp.sum(result.weights * losses) + (jnp.sum(out.extra) if aux_names else 0.0),
         'grad_norm': grad_norm,
-        'param_norm': optax.tree.norm(new_state.params),
+        'param_norm': param_norm,
         'lr': jnp.asarray(schedule(applied) if schedule is not None else jnp.nan, jnp.float32),
         'rejected': (~finite).astype(jnp.int32),
         **{f'weighting/{k}': v for k, v in result.aux.items()},
+        **{f'aux_loss/{k}': out.extra[i] for i, k in enumerate(aux_names)},
     }
     return new_state, metrics
 
   return jit_train_step(train_step, mesh=mesh, donate=donate) if jit else train_step
+
+
+def _no_aux_losses(aux_losses, model):
+  if aux_losses:
+    raise ValueError(f'{type(model).__name__} sowed auxiliary losses {sorted(aux_losses)} '
+                     'inside representation()/heads(); such a model must not define them')
 
 
 def jit_train_step(train_step, *, mesh: Optional[jax.sharding.Mesh] = None, donate: bool = True):
@@ -201,7 +248,7 @@ def make_eval_step(model: nn.Module, tasks: TaskSet, *,
   """Returns ``(params, model_state, batch) -> metric sums`` (see ``TaskSet.metric_sums``)."""
 
   def eval_step(params, model_state, batch):
-    preds, _ = _apply(model, params, model_state, batch['inputs'], False)
+    preds, _, _ = _apply(model, params, model_state, batch['inputs'], False)
     return tasks.metric_sums(preds, batch)
 
   if not jit:

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import tqdm
 
-from mtl_jax import config_validation, data, models, parallel, weighting
+from mtl_jax import config_validation, data, models, parallel, transfer, weighting
 from mtl_jax.checkpointing import Checkpointer
 from mtl_jax.step import (evaluate, init_train_state, jit_train_step, make_eval_step,
                           make_train_step)
@@ -33,19 +33,37 @@ class NonFiniteLossError(FloatingPointError):
 def build_dataset(config) -> data.MultiTaskDataset:
   d = config.data
   try:
-    return data.make_synthetic(
+    dataset = data.make_synthetic(
         d.num_tasks, d.correlation, input_dim=d.input_dim, num_sines=d.num_sines,
         noise_std=d.noise_std, scale=d.scale, preset=d.preset, sizes=tuple(d.sizes),
-        seed=d.seed)
+        seed=d.seed, per_task_inputs=d.per_task_inputs, domain_shift=d.domain_shift)
   except ValueError as e:
     raise config_validation.ConfigError(f'config.data: {e}') from None
+  if not d.tasks:
+    return dataset
+  try:
+    return data.select_tasks(dataset, d.tasks)
+  except ValueError as e:
+    raise config_validation.ConfigError(f'config.data.tasks: {e}') from None
 
 
-def build_model(config, tasks: TaskSet):
+def _options(block) -> dict:
+  """A config block as keyword arguments (lists as tuples, hashable for flax modules)."""
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in block.items()}
+
+
+def build_model(config, tasks: TaskSet, per_task_inputs: bool = False):
+  """The model ``config.model.name`` over backbone ``config.model.backbone``, each with the
+  options in its block; a bad option raises ``ConfigError`` naming ``config.model.<field>``."""
   m = config.model
-  backbone = models.get_backbone(m.backbone, hidden=tuple(m.hidden), dropout=m.dropout)
-  return models.get(m.name, tasks, backbone, tower_hidden=tuple(m.tower_hidden),
-                    dropout=m.dropout)
+  try:
+    backbone = models.get_backbone(m.backbone, dropout=m.dropout,
+                                   **_options(m.get(m.backbone, {})))
+    return models.get(m.name, tasks, backbone, tower_hidden=tuple(m.tower_hidden),
+                      dropout=m.dropout, per_task_inputs=per_task_inputs,
+                      **_options(m.get(m.name, {})))
+  except (TypeError, ValueError) as e:
+    raise config_validation.ConfigError(f'config.model.{e}') from None
 
 
 def build_optimizer(config):
@@ -57,15 +75,45 @@ def build_optimizer(config):
     schedule = optax.cosine_decay_schedule(o.lr, steps)
   else:
     schedule = optax.warmup_cosine_decay_schedule(0.0, o.lr, o.warmup_steps, steps)
-  if o.name == 'adam':
-    tx = optax.adam(schedule)
-  elif o.name == 'adamw':
-    tx = optax.adamw(schedule, weight_decay=o.weight_decay)
+
+  def make(lr):
+    if o.name == 'adam':
+      return optax.adam(lr)
+    if o.name == 'adamw':
+      return optax.adamw(lr, weight_decay=o.weight_decay)
+    return optax.sgd(lr, momentum=o.momentum or None)
+
+  t = config.transfer
+  if t.freeze or t.lr_ratio != 1.0:
+    tx = transfer.partition_optimizer(make, schedule, t.target, freeze=t.freeze,
+                                      lr_ratio=t.lr_ratio)
   else:
-    tx = optax.sgd(schedule, momentum=o.momentum or None)
+    tx = make(schedule)
   if o.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
   return tx, schedule
+
+
+def pretrained_params(config, workdir: str):
+  """The params to graft (``config.transfer``): from ``init_from``'s latest checkpoint, or
+  from a shared-bottom model first trained here on ``pretrain_task`` alone (in
+  ``workdir/pretrain``, itself checkpointed and resumable).  None if neither is set."""
+  t = config.transfer
+  if t.pretrain_task:
+    pre = ml_collections.ConfigDict(config.to_dict())
+    pre.name = f'{config.name}-pretrain-{t.pretrain_task}'
+    pre.data.tasks = (t.pretrain_task,)
+    pre.model.name = 'shared_bottom'
+    pre.weighting.name = 'ew'
+    pre.train.steps = t.pretrain_steps
+    pre.transfer.pretrain_task, pre.transfer.freeze, pre.transfer.lr_ratio = '', False, 1.0
+    print(f'pretraining the encoder on task {t.pretrain_task!r} for {t.pretrain_steps} steps')
+    pre_dir = os.path.join(workdir, 'pretrain')
+    train_and_evaluate(pre, pre_dir)
+    return transfer.subtree(transfer.load_params(pre_dir), 'shared', 'transfer.source')
+  if t.init_from:
+    return transfer.subtree(transfer.load_params(t.init_from), t.source, 'transfer.source')
+  return None
 
 
 def build_weighting(config, tasks: TaskSet, steps_per_epoch: int) -> weighting.Weighting:
@@ -115,7 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   dataset = build_dataset(config)
   tasks = dataset.tasks
-  model = build_model(config, tasks)
+  model = build_model(config, tasks, dataset.per_task_inputs)
   optimizer, schedule = build_optimizer(config)
   mesh = parallel.make_mesh(config.train.num_devices)
   devices = mesh.shape['data']
@@ -134,9 +182,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   sample = data.take(train_split, np.arange(config.train.batch_size))
   state = init_train_state(model, tasks, optimizer, method, sample['inputs'],
                            jax.random.PRNGKey(config.seed))
+  start_step = checkpointer.latest_step() or 0
+  try:
+    if config.transfer.freeze or config.transfer.lr_ratio != 1.0:
+      transfer.subtree(state.params, config.transfer.target)
+  except ValueError as e:
+    raise config_validation.ConfigError(f'config.{e}') from None
+  if not start_step:
+    try:
+      pretrained = pretrained_params(config, workdir)
+      if pretrained is not None:
+        params = transfer.graft(state.params, pretrained, config.transfer.target)
+        state = state.replace(params=params, opt_state=optimizer.init(params))
+    except ValueError as e:
+      raise config_validation.ConfigError(f'config.{e}') from None
   state = parallel.replicate(state, mesh)
 
-  start_step = checkpointer.latest_step() or 0
   if start_step:
     state, data_state = checkpointer.restore(start_step, state)
     iterator.set_state(data_state)
@@ -144,8 +205,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   traces = {'train_step': 0}
   w = config.weighting
+  frozen = (transfer.frozen_mask(state.params, config.transfer.target)
+            if config.transfer.freeze else None)
   raw_step = make_train_step(
-      model, tasks, optimizer, method, schedule=schedule, mode=w.mode,
+      model, tasks, optimizer, method, schedule=schedule, mode=w.mode, frozen=frozen,
       chunk_size=w.chunk_size or None,
       head_grads=None if w.head_grads == 'default' else w.head_grads, jit=False)
 
@@ -219,6 +282,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       'weighting': config.weighting.name,
       'steps': int(state.step),
       'rejected_steps': int(state.num_rejected),
+      'num_params': {k: int(sum(np.size(x) for x in jax.tree_util.tree_leaves(v)))
+                     for k, v in state.params.items()},
       'resumed_from_step': start_step,
       'train_step_traces': traces['train_step'],
       'train_time_s': train_time,

@@ -117,7 +117,7 @@ def test_unknown_weighting_and_hyperparameter():
     ('optim.momentum', -0.9, 'config.optim.momentum'),
     ('model.tower_hidden', (True,), 'config.model.tower_hidden'),
     ('train.batch_size', 0, 'config.train.batch_size'),
-    ('model.hidden', (16, -2), 'config.model.hidden'),
+    ('model.mlp.hidden', (16, -2), 'config.model.mlp.hidden'),
 ])
 def test_bad_config_values_name_the_field(key, value, message):
   with pytest.raises(config_validation.ConfigError, match=message):

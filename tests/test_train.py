@@ -15,7 +15,7 @@ from mtl_jax.config_validation import ConfigError
 from tests.conftest import run_python, tiny_config
 
 RESULT_KEYS = {'config_name', 'tasks', 'metrics', 'split_metrics', 'higher_is_better', 'model',
-               'weighting', 'steps', 'rejected_steps', 'resumed_from_step', 'train_step_traces',
+               'weighting', 'steps', 'rejected_steps', 'num_params', 'resumed_from_step', 'train_step_traces',
                'train_time_s', 'wall_time_s', 'jax_version', 'devices'}
 
 
@@ -88,8 +88,8 @@ def test_nonfinite_loss_is_skipped_and_counted(tmp_path):
 
 def test_resume_with_a_changed_config_is_refused(tmp_path):
   train.train_and_evaluate(tiny_config(**{'train.steps': 10}), str(tmp_path))
-  with pytest.raises(ConfigError, match=r'config.model.hidden: \[16\] in the checkpointed run'):
-    train.train_and_evaluate(tiny_config(**{'train.steps': 20, 'model.hidden': (32,)}),
+  with pytest.raises(ConfigError, match=r'config.model.mlp.hidden: \[16\] in the checkpointed run'):
+    train.train_and_evaluate(tiny_config(**{'train.steps': 20, 'model.mlp.hidden': (32,)}),
                              str(tmp_path))
   # More steps, same run: allowed, and resumes where it stopped.
   results = train.train_and_evaluate(tiny_config(**{'train.steps': 20}), str(tmp_path))

@@ -3,6 +3,8 @@
 import ml_collections
 from ml_collections import config_dict
 
+from mtl_jax import models
+
 
 def _block(**values) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(values)
@@ -24,13 +26,22 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.scale = config_dict.placeholder(float)
   c.data.sizes = (10000, 1000, 1000)
   c.data.seed = 0
+  c.data.tasks = ()               # train on these tasks only (e.g. one: a single-task run)
+  c.data.per_task_inputs = False  # one input per task ([N, T, D]; e.g. for 'adversarial')
+  c.data.domain_shift = 0.0       # per-task input mean shift (needs per_task_inputs)
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = 'shared_bottom'
-  c.model.backbone = 'mlp'
-  c.model.hidden = (113,)         # backbone widths
+  c.model.name = 'shared_bottom'  # models.names(); options in the block of the same name
+  c.model.backbone = 'mlp'        # models.backbone_names(); options in the block of that name
   c.model.tower_hidden = (8,)     # per-task tower widths (before the output layer)
   c.model.dropout = 0.0
+  # One block of options per backbone and per architecture, named after it, with the
+  # builder's defaults (shared/reference/architectures.md); overrides below.
+  for name in models.backbone_names():
+    c.model[name] = _block(**models.backbone_hyperparameters(name))
+  for name in models.names():
+    c.model[name] = _block(**models.hyperparameters(name))
+  c.model.mlp.hidden = (113,)
 
   c.weighting = ml_collections.ConfigDict()
   c.weighting.name = 'ew'
@@ -63,6 +74,18 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.0      # adamw only
   c.optim.momentum = 0.9          # sgd only
   c.optim.grad_clip = 0.0         # global-norm clipping; 0: off
+
+  # Transfer learning (mtl_jax/transfer.py): start the params under `target` from an earlier
+  # run's checkpoint, or from an encoder pretrained here first on one task; freeze them or
+  # scale their learning rate.
+  c.transfer = ml_collections.ConfigDict()
+  c.transfer.init_from = ''       # workdir (or checkpoints dir) of an earlier run
+  c.transfer.source = 'shared'    # params subtree to take from it
+  c.transfer.target = 'shared'    # where it goes in this model (stacked copies broadcast)
+  c.transfer.pretrain_task = ''   # pretrain a shared_bottom on this task first (workdir/pretrain)
+  c.transfer.pretrain_steps = 1000
+  c.transfer.freeze = False       # no updates and no gradients for params under `target`
+  c.transfer.lr_ratio = 1.0       # learning-rate multiplier for params under `target`
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 3000

@@ -9,7 +9,7 @@ def get_config():
   c.data.preset = 'keras_mmoe'
   c.data.input_dim = 16
   c.data.sizes = (512, 96, 96)
-  c.model.hidden = (16,)
+  c.model.mlp.hidden = (16,)
   c.model.tower_hidden = (8,)
   c.train.steps = 30
   c.train.batch_size = 32

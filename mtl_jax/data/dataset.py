@@ -16,10 +16,13 @@ from mtl_jax.tasks import TaskSet
 
 @dataclasses.dataclass
 class MultiTaskDataset:
-  """Named splits of arrays for a ``TaskSet``."""
+  """Named splits of arrays for a ``TaskSet``.
+
+  ``per_task_inputs``: inputs are [N, T, ...], task t's input at [:, t] (one per task)."""
   name: str
   tasks: TaskSet
   splits: Mapping[str, Mapping]
+  per_task_inputs: bool = False
 
   def __post_init__(self):
     for split_name, split in self.splits.items():
@@ -31,6 +34,11 @@ class MultiTaskDataset:
         raise ValueError(f'data set {self.name!r}, split {split_name!r}: {e}') from None
       if size == 0:
         raise ValueError(f'data set {self.name!r}: split {split_name!r} is empty')
+      if self.per_task_inputs:
+        shape = jax.tree_util.tree_leaves(split['inputs'])[0].shape
+        if len(shape) < 3 or shape[1] != len(self.tasks):
+          raise ValueError(f'data set {self.name!r}, split {split_name!r}: per-task inputs '
+                           f'must be [N, T={len(self.tasks)}, ...], got {shape}')
 
   def split(self, name: str) -> Mapping:
     if name not in self.splits:
@@ -130,3 +138,25 @@ def eval_batches(split: Mapping, batch_size: int, tasks: TaskSet, *, process_ind
     batch['masks'] = {n: np.asarray(batch['masks'][n]).astype(bool) & valid
                       for n in tasks.names}
     yield batch
+
+
+def select_tasks(dataset: MultiTaskDataset, names) -> MultiTaskDataset:
+  """The data set restricted to the tasks ``names`` (in that order): e.g. one task, to
+  pretrain an encoder or train a single-task baseline.  Per-task inputs keep those tasks'."""
+  names = tuple(names)
+  unknown = [n for n in names if n not in dataset.tasks.names]
+  if unknown or not names or len(set(names)) != len(names):
+    raise ValueError(f'data set {dataset.name!r}: tasks must be distinct names among '
+                     f'{list(dataset.tasks.names)}, got {list(names)}')
+  index = np.array([dataset.tasks.index(n) for n in names])
+  splits = {}
+  for split_name, split in dataset.splits.items():
+    split = dict(split)
+    split['labels'] = {n: split['labels'][n] for n in names}
+    if 'masks' in split:
+      split['masks'] = {n: m for n, m in split['masks'].items() if n in names}
+    if dataset.per_task_inputs:
+      split['inputs'] = jax.tree.map(lambda a: a[:, index], split['inputs'])
+    splits[split_name] = split
+  return MultiTaskDataset(dataset.name, TaskSet([dataset.tasks[n] for n in names]), splits,
+                          per_task_inputs=dataset.per_task_inputs)

@@ -55,10 +55,17 @@ def task_vectors(num_tasks: int, correlation: float, input_dim: int, scale: floa
 def make_synthetic(num_tasks: int = 2, correlation: float = 0.5, *, input_dim: int = 100,
                    num_sines: Optional[int] = None, noise_std: Optional[float] = None,
                    scale: Optional[float] = None, preset: str = 'google',
-                   sizes: Sequence[int] = (10000, 1000, 1000), seed: int = 0) -> MultiTaskDataset:
+                   sizes: Sequence[int] = (10000, 1000, 1000), seed: int = 0,
+                   per_task_inputs: bool = False,
+                   domain_shift: float = 0.0) -> MultiTaskDataset:
   """The synthetic data set with ``train``/``val``/``test`` splits of ``sizes`` examples.
 
   Tasks are regressions named ``y1 .. yT``.  Everything is drawn from ``seed``.
+
+  ``per_task_inputs``: one input per task (one data set per task, as in Office-31), inputs
+  [N, T, D]: task t's example n is x_nt = e_nt + domain_shift * mu_t with e_nt ~ N(0, I) drawn
+  independently per task and mu_t a random unit vector (task t's domain); its label is the
+  usual function of e_nt, so the shift changes the input distribution only.
   """
   if preset not in PRESETS:
     raise ValueError(f'synthetic: unknown preset {preset!r}; available: {sorted(PRESETS)}')
@@ -85,8 +92,17 @@ def make_synthetic(num_tasks: int = 2, correlation: float = 0.5, *, input_dim: i
     alpha, beta = np.arange(1, m + 1, dtype=float), np.arange(m, dtype=float) ** 2
 
   total = int(sum(sizes))
-  x = rng.standard_normal((total, input_dim))
-  proj = x @ w.T                                                    # [N, T]
+  if domain_shift and not per_task_inputs:
+    raise ValueError('synthetic: domain_shift needs per_task_inputs=True')
+  if per_task_inputs:
+    e = rng.standard_normal((total, num_tasks, input_dim))
+    mu = rng.standard_normal((num_tasks, input_dim))
+    mu /= np.linalg.norm(mu, axis=1, keepdims=True)
+    x = e + domain_shift * mu
+    proj = np.einsum('ntd,td->nt', e, w)                            # [N, T]
+  else:
+    x = rng.standard_normal((total, input_dim))
+    proj = x @ w.T                                                  # [N, T]
   y = proj + np.sin(proj[..., None] * alpha + beta).sum(-1)
   y = y + p['noise_std'] * rng.standard_normal(y.shape)
 
@@ -98,4 +114,5 @@ def make_synthetic(num_tasks: int = 2, correlation: float = 0.5, *, input_dim: i
         'inputs': x[lo:hi].astype(np.float32),
         'labels': {n: y[lo:hi, t:t + 1].astype(np.float32) for t, n in enumerate(tasks.names)},
     }
-  return MultiTaskDataset(f'synthetic_T{num_tasks}_p{correlation:g}', tasks, splits)
+  return MultiTaskDataset(f'synthetic_T{num_tasks}_p{correlation:g}', tasks, splits,
+                          per_task_inputs=per_task_inputs)

@@ -17,6 +17,12 @@ through the trunk exactly, in one VJP.  Cheaper when z is smaller than the share
 
 Task-specific parameters get grad L_t ('unweighted', default for gradient methods) or
 alpha_t grad L_t ('weighted').
+
+Auxiliary losses (a model's regularisers, an adversarial discriminator's loss): when
+``losses_fn`` returns T + K values, the last K are added to the objective with weight 1,
+outside the weighting: grads = (method's combination of the T task gradients) +
+grad sum_k R_k.  The method never sees them.  Loss-only methods fold them into the same VJP;
+gradient methods pull them back as one extra row of the vmapped VJP.
 """
 
 from typing import Callable, NamedTuple, Optional
@@ -37,12 +43,18 @@ class EngineOutput(NamedTuple):
   result: WeightingResult  # weights (stop-gradient) and the method's new state
   aux: object              # the loss function's aux, or (trunk aux, heads aux) if split
   split: bool = False      # True when computed through rep_fn and the heads separately
+  extra: Optional[jax.Array] = None  # [K] auxiliary losses (weight 1, unseen by the method)
 
 
-def _inputs(method, losses, step, jac):
+def _with_extra(weights, num_extra):
+  """The cotangent (weights, 1, ..., 1) for task losses followed by K auxiliary losses."""
+  return jnp.concatenate([weights, jnp.ones((num_extra,), weights.dtype)])
+
+
+def _inputs(method, losses, step, jac, num=None):
   needs_grads = method.needs in (Needs.GRAM, Needs.JACOBIAN)
   return WeightingInputs(losses=jax.lax.stop_gradient(losses), step=step,
-                         gram=gram(jac) if needs_grads else None,
+                         gram=gram(jac, num) if needs_grads else None,
                          jacobian=jac if method.needs is Needs.JACOBIAN else None)
 
 
@@ -71,6 +83,7 @@ def task_gradients(method: Weighting, params, state, key, step, *, losses_fn: Ca
     stacked_head_fn: optional ``(z_T, task_params) -> ([T] losses, aux)`` where task t reads
       only ``z_T[t]`` (a per-task copy of z).  With it, one backward pass through the heads
       gives all dL_t/dz, and only the trunk is pulled back T times (``num_tasks`` needed).
+    num_tasks: T; ``losses_fn`` may return T + K values, the last K auxiliary losses.
     mode: 'param' or 'rep' (ignored by loss-only methods).
     chunk_size: pull back this many tasks at a time (``lax.map``), to bound memory.
     head_grads: overrides ``method.head_grads``.
@@ -81,15 +94,18 @@ def task_gradients(method: Weighting, params, state, key, step, *, losses_fn: Ca
                      f'{mode!r}, {head_grads!r}')
 
   if method.needs is Needs.LOSSES:
-    losses, vjp_fn, aux = jax.vjp(losses_fn, params, has_aux=True)
-    result = _run(method, _inputs(method, losses, step, None), state, key, losses.shape[0])
+    all_losses, vjp_fn, aux = jax.vjp(losses_fn, params, has_aux=True)
+    num = num_tasks or all_losses.shape[0]
+    losses, extra = all_losses[:num], all_losses[num:]
+    result = _run(method, _inputs(method, losses, step, None), state, key, num)
     if result.direction is not None:
       raise ValueError(f'weighting {method.name!r} needs loss values only but returned a '
                        'direction')
-    (grads,) = vjp_fn(result.weights.astype(losses.dtype))
+    (grads,) = vjp_fn(_with_extra(result.weights.astype(losses.dtype), extra.shape[0]))
     if head_grads == 'unweighted':
-      grads = dict(grads, task=vjp_fn(jnp.ones_like(losses))[0]['task'])
-    return EngineOutput(losses, grads, result, aux)
+      grads = dict(grads, task=vjp_fn(_with_extra(jnp.ones_like(losses), extra.shape[0]))[0]
+                   ['task'])
+    return EngineOutput(losses, grads, result, aux, extra=extra)
 
   if stacked_head_fn is not None and rep_fn is not None:
     return _through_representation(method, params, state, key, step, rep_fn, stacked_head_fn,
@@ -100,14 +116,28 @@ def task_gradients(method: Weighting, params, state, key, step, *, losses_fn: Ca
 
   # Generic path: rows of J from vmapped pullbacks through the whole network.
   split = lambda shared, task: losses_fn({'shared': shared, 'task': task})
-  losses, vjp_fn, aux = jax.vjp(split, params['shared'], params['task'], has_aux=True)
-  jac = rows(vjp_fn, losses, chunk_size=chunk_size, argnum=0)
-  result = _run(method, _inputs(method, losses, step, jac), state, key, losses.shape[0])
+  all_losses, vjp_fn, aux = jax.vjp(split, params['shared'], params['task'], has_aux=True)
+  num = num_tasks or all_losses.shape[0]
+  losses, num_extra = all_losses[:num], all_losses.shape[0] - num
+  # Rows e_1..e_T, plus (0, 1_K) for the auxiliary losses' summed gradient.
+  cotangents = jnp.eye(num, num + num_extra, dtype=losses.dtype)
+  if num_extra:
+    cotangents = jnp.concatenate([cotangents, _with_extra(jnp.zeros_like(losses),
+                                                          num_extra)[None]])
+  jac = rows(vjp_fn, cotangents, chunk_size=chunk_size, argnum=0)
+  extra_grad = None
+  if num_extra:
+    extra_grad = jax.tree.map(lambda leaf: leaf[num], jac)
+    jac = jax.tree.map(lambda leaf: leaf[:num], jac)
+  result = _run(method, _inputs(method, losses, step, jac, num), state, key, num)
   alpha = result.weights.astype(losses.dtype)
   shared = result.direction if result.direction is not None else weighted_sum(jac, alpha)
+  if extra_grad is not None:
+    shared = jax.tree.map(jnp.add, shared, extra_grad)
   head_cotangent = alpha if head_grads == 'weighted' else jnp.ones_like(losses)
-  task = vjp_fn(head_cotangent)[1]
-  return EngineOutput(losses, {'shared': shared, 'task': task}, result, aux)
+  task = vjp_fn(_with_extra(head_cotangent, num_extra))[1]
+  return EngineOutput(losses, {'shared': shared, 'task': task}, result, aux,
+                      extra=all_losses[num:])
 
 
 def _through_representation(method, params, state, key, step, rep_fn, stacked_head_fn,
@@ -117,6 +147,9 @@ def _through_representation(method, params, state, key, step, rep_fn, stacked_he
   z_stacked = jax.tree.map(lambda a: jnp.broadcast_to(a, (num_tasks,) + a.shape), z)
   losses, head_vjp, head_aux = jax.vjp(stacked_head_fn, z_stacked, params['task'],
                                        has_aux=True)
+  if losses.shape[0] != num_tasks:
+    raise ValueError(f'the heads returned {losses.shape[0]} losses for {num_tasks} tasks: a '
+                     'model with auxiliary losses cannot use the representation split')
   rep_jac, unweighted_task = head_vjp(jnp.ones_like(losses))  # rows dL_t/dz: [T, *z.shape]
   pull = lambda cotangent: trunk_vjp(cotangent)[0]
   if mode == 'param':
@@ -126,7 +159,7 @@ def _through_representation(method, params, state, key, step, rep_fn, stacked_he
       jac = jax.lax.map(pull, rep_jac, batch_size=chunk_size)
   else:
     jac = rep_jac
-  result = _run(method, _inputs(method, losses, step, jac), state, key, num_tasks)
+  result = _run(method, _inputs(method, losses, step, jac, num_tasks), state, key, num_tasks)
   alpha = result.weights.astype(losses.dtype)
   combined = result.direction if result.direction is not None else weighted_sum(jac, alpha)
   shared = combined if mode == 'param' else pull(combined)

@@ -36,20 +36,27 @@ def jacobian(losses_fn: Callable, params, *, chunk_size: Optional[int] = None,
 
 def rows(vjp_fn: Callable, losses: jax.Array, *, chunk_size: Optional[int] = None,
          argnum: int = 0):
-  """The Jacobian rows of ``vjp_fn``'s ``argnum``-th input: its pullbacks of e_1..e_T."""
-  if losses.ndim != 1:
+  """The Jacobian rows of ``vjp_fn``'s ``argnum``-th input: its pullbacks of e_1..e_T.
+
+  ``losses`` is the [T] output (rows e_1..e_T), or a [R, T] matrix of cotangent rows."""
+  if losses.ndim not in (1, 2):
     raise ValueError(f'losses must be a [T] vector, got shape {losses.shape}')
-  eye = jnp.eye(losses.shape[0], dtype=losses.dtype)
+  eye = jnp.eye(losses.shape[0], dtype=losses.dtype) if losses.ndim == 1 else losses
   pull = lambda cotangent: vjp_fn(cotangent)[argnum]
-  if chunk_size is None or chunk_size >= losses.shape[0]:
+  if chunk_size is None or chunk_size >= eye.shape[0]:
     return jax.vmap(pull)(eye)
   return jax.lax.map(pull, eye, batch_size=chunk_size)
 
 
-def gram(jacobian) -> jax.Array:
-  """G = J J^T = sum over leaves of J_l J_l^T, computed in float32: [T, T]."""
+def gram(jacobian, num: Optional[int] = None) -> jax.Array:
+  """G = J J^T = sum over leaves of J_l J_l^T, computed in float32: [T, T].
+
+  A Jacobian with no leaves (a model without shared parameters) needs ``num`` = T; G = 0."""
+  leaves = jax.tree_util.tree_leaves(jacobian)
+  if not leaves and num is not None:
+    return jnp.zeros((num, num), jnp.float32)
   t = num_tasks(jacobian)
-  blocks = [leaf.reshape(t, -1).astype(jnp.float32) for leaf in jax.tree_util.tree_leaves(jacobian)]
+  blocks = [leaf.reshape(t, -1).astype(jnp.float32) for leaf in leaves]
   return sum(b @ b.T for b in blocks)
 
 

@@ -1,0 +1,15 @@
+"""Option checks shared by the model builders: errors name ``<module>.<field>``."""
+
+
+def check(condition: bool, field: str, message: str, value) -> None:
+  """Raises ``ValueError('<module>.<field>: <message>, got <value>')`` unless ``condition``."""
+  if not condition:
+    raise ValueError(f'{field}: {message}, got {value!r}')
+
+
+def check_widths(field: str, widths) -> tuple:
+  """``widths`` as a tuple of positive ints (else a ``ValueError`` naming ``field``)."""
+  widths = tuple(widths)
+  check(all(type(w) is int and w > 0 for w in widths), field,
+        'must be positive integer widths', widths)
+  return widths
