@@ -118,8 +118,8 @@ class PrivatePart(nn.Module):
         raise ValueError(f"adversarial.fusion: 'attention' needs shared and private features "
                          f'of one width, got {s.shape[-1]} and {p.shape[-1]}')
       tokens = jnp.stack([s, p], axis=2)                                # [T, B, 2, d]
-      fused = Stacked(FeatureAttention(self.fusion_heads), self.num_tasks, in_axis=0,
-                      name='attention')(tokens, train=train)
+      fused = Stacked(FeatureAttention(self.fusion_heads, name='attention'), self.num_tasks,
+                      in_axis=0)(tokens, train=train)
     else:
       fused = jnp.concatenate([s, p], axis=-1)
     return self.heads(fused, train, stacked=True), p
