@@ -79,28 +79,8 @@ def test_shapes_and_the_representation_split(num, variant):
     np.testing.assert_allclose(stacked[name], out[name], rtol=1e-6, atol=1e-6)
 
 
-def test_stacked_heads_read_only_their_own_copy():
-  model = _model(3)
-  params = _params(model)
+# That stacked copy t reaches task t only: tests/test_model_zoo.py (every model).
 
-  @jax.jit
-  def jacobian(params):
-    z = model.apply({'params': params}, X, method='representation')
-
-    def outputs(zs):
-      out = model.apply({'params': params}, zs, stacked=True, method='heads')
-      return jnp.stack([jnp.sum(out[n]) for n in _tasks(3).names])
-
-    return jax.jacrev(outputs)(jnp.broadcast_to(z, (3,) + z.shape))
-
-  jac = np.asarray(jacobian(params))                      # [T, T(copy), B, T(token), d_s]
-  nonzero = np.any(jac != 0, axis=(2, 4))                 # [T, copy, token]
-  expected = np.zeros((3, 3, 3), bool)
-  expected[np.arange(3), np.arange(3), np.arange(3)] = True
-  np.testing.assert_array_equal(nonzero, expected)
-
-
-# ----------------------------------------------------------------------- a hand-written block
 
 def _layer_norm(x, p):
   x = np.asarray(x, np.float64)
