@@ -151,3 +151,21 @@ def test_unknown_model_option_names_the_field(tmp_path):
     config.unlock()
     config.model.shared_bottom.experts = 3
     config_validation.validate(config)
+
+
+def test_vmapped_independent_equals_separate_networks():
+  from mtl_jax.models.heads import Tower
+  from mtl_jax.models.mlp import MLP
+  model, batch = _model('independent'), _batch()
+  variables = _init(model, batch)
+  preds = model.apply(variables, batch['inputs'])
+  task = variables['params']['task']
+  for t, name in enumerate(TASKS.names):
+    column = jax.tree.map(lambda a: a[t], task['backbone'])
+    z = MLP((6, 5)).apply({'params': column}, batch['inputs'])
+    group = [g for g in TASKS.groups if name in g.names][0]
+    g_index = TASKS.groups.index(group)
+    tower = jax.tree.map(lambda a: a[group.names.index(name)],
+                         task['heads'][f'group{g_index}']['towers'])
+    expected = Tower((4,), group.prototype.out_dim).apply({'params': tower}, z)
+    np.testing.assert_allclose(preds[name], expected, rtol=1e-5, atol=1e-6)
