@@ -131,6 +131,10 @@ class TaskSet:
   def __hash__(self):
     return hash(self.tasks)
 
+  def ordered(self, predictions: Mapping) -> dict:
+    """``predictions`` as a dict in task-axis order (models build them group by group)."""
+    return {name: predictions[name] for name in self.names}
+
   def index(self, name: str) -> int:
     try:
       return self.names.index(name)

@@ -92,7 +92,7 @@ class FusionHeads(nn.Module):
       fused = (jnp.sum(w[..., None] * y, axis=-2)
                / (jnp.sum(w, axis=-1)[..., None] + self.eps))      # [T_g, B, o]
       predictions.update({name: fused[j] for j, name in enumerate(group.names)})
-    return predictions
+    return self.tasks.ordered(predictions)
 
 
 class GatedFusion(nn.Module):

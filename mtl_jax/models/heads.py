@@ -72,4 +72,4 @@ class TaskHeads(nn.Module):
       out = StackedTowers(len(group.names), self.hidden, group.prototype.out_dim, self.dropout,
                           name=f'group{g}')(inputs, train, per_task_inputs=stacked)
       predictions.update({name: out[j] for j, name in enumerate(group.names)})
-    return {name: predictions[name] for name in self.tasks.names}   # task-axis order
+    return self.tasks.ordered(predictions)
