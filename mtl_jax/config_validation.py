@@ -9,6 +9,7 @@ import ml_collections
 
 from mtl_jax import models, weighting
 from mtl_jax.configs import default
+from mtl_jax.data import loaders
 
 
 class ConfigError(ValueError):
@@ -63,7 +64,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'{missing[0]}: missing config key')
 
   c = config
-  _require(c.data.name == 'synthetic', 'config.data.name', "must be 'synthetic'", c.data.name)
+  data_names = ['synthetic'] + loaders.names()
+  _require(c.data.name in data_names, 'config.data.name', f'must be one of {data_names}',
+           c.data.name)
+  _require(c.data.worker_count >= 0, 'config.data.worker_count', 'must be >= 0 (0: none)',
+           c.data.worker_count)
   # The generator checks its own arguments; train.build_dataset reports them as config.data.*.
   _require(len(c.data.sizes) == 3 and min(c.data.sizes) > 0, 'config.data.sizes',
            'must be 3 positive sizes (train, val, test)', c.data.sizes)
@@ -130,12 +135,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   t = c.train
   for field in ('steps', 'batch_size', 'log_every', 'checkpoint_every', 'keep_checkpoints'):
     _require(t[field] > 0, f'config.train.{field}', 'must be > 0', t[field])
-  _require(t.batch_size <= c.data.sizes[0], 'config.train.batch_size',
-           f'must be <= the training split size {c.data.sizes[0]}', t.batch_size)
+  if c.data.name == 'synthetic':  # other data sets are checked once loaded
+    _require(t.batch_size <= c.data.sizes[0], 'config.train.batch_size',
+             f'must be <= the training split size {c.data.sizes[0]}', t.batch_size)
   _require(t.on_nonfinite in ('skip', 'raise'), 'config.train.on_nonfinite',
            "must be 'skip' or 'raise'", t.on_nonfinite)
   _require(t.num_devices >= 0, 'config.train.num_devices', 'must be >= 0 (0: all)',
            t.num_devices)
+  _require(type(t.task_sampling) is int and t.task_sampling >= 0, 'config.train.task_sampling',
+           'must be an integer >= 0 (0: off)', t.task_sampling)
+  _require(type(c.eval.baselines) is bool, 'config.eval.baselines', 'must be True or False',
+           c.eval.baselines)
   _require(c.eval.batch_size > 0, 'config.eval.batch_size', 'must be > 0', c.eval.batch_size)
   _require(set(c.eval.splits) <= {'train', 'val', 'test'}, 'config.eval.splits',
            "must name splits among 'train', 'val', 'test'", c.eval.splits)

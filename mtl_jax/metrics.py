@@ -45,5 +45,26 @@ MULTICLASS_ACCURACY = Metric('accuracy', _accuracy_multiclass, higher_is_better=
 BINARY_CROSS_ENTROPY = Metric('loss', losses.sigmoid_cross_entropy, higher_is_better=False)
 CROSS_ENTROPY = Metric('loss', losses.softmax_cross_entropy, higher_is_better=False)
 
-__all__ = ['Metric', 'MSE', 'RMSE', 'MAE', 'BINARY_ACCURACY', 'MULTICLASS_ACCURACY',
+def delta_m(metrics: dict, baselines: dict, higher_is_better: dict,
+            skip: tuple = ('loss', 'count')) -> float:
+  """Delta-m% against single-task baselines, averaged over every (task, metric) pair:
+
+      Delta-m% = 100 / K sum_k (-1)^{h_k} (M_k - B_k) / B_k,   h_k = 1 if higher is better,
+
+  lower is better (negative: the model beats its baselines).  ``metrics`` and ``baselines``
+  are ``{task: {metric: value}}``; metrics named in ``skip`` (the training loss) are left out.
+  """
+  terms = []
+  for task, base in baselines.items():
+    for name, b in base.items():
+      if name in skip:
+        continue
+      sign = -1.0 if higher_is_better[task][name] else 1.0
+      terms.append(sign * (metrics[task][name] - b) / b)
+  if not terms:
+    raise ValueError('delta_m: no metric to compare')
+  return 100.0 * sum(terms) / len(terms)
+
+
+__all__ = ['Metric', 'delta_m', 'MSE', 'RMSE', 'MAE', 'BINARY_ACCURACY', 'MULTICLASS_ACCURACY',
            'BINARY_CROSS_ENTROPY', 'CROSS_ENTROPY']

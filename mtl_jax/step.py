@@ -101,7 +101,8 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
                     mode: str = 'param', chunk_size: Optional[int] = None,
                     head_grads: Optional[str] = None,
                     mesh: Optional[jax.sharding.Mesh] = None, jit: bool = True,
-                    donate: bool = True, frozen: Optional[PyTree] = None):
+                    donate: bool = True, frozen: Optional[PyTree] = None,
+                    task_sampling: int = 0):
   """Returns a pure ``(state, batch) -> (state, metrics)``.
 
   Args:
@@ -119,12 +120,28 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
     donate: donate the input state's buffers to the output.
     frozen: a bool pytree like the params: True leaves get no gradient (``stop_gradient``),
       so per-task Jacobians and Gram matrices cover the trainable parameters only.
+    task_sampling: k > 0 trains k tasks drawn uniformly without replacement each step (from
+      the state's rng; the draw is data, so nothing recompiles): the others get weight 0
+      and no gradient, and gradient methods pull back k rows only.  Needs a stateless
+      weighting with ``min_tasks <= k``.  0 (or T): every task, every step.
 
   Metrics: ``losses`` [T], ``weights`` [T], ``loss`` (= sum_t w_t L_t + auxiliary losses),
   ``grad_norm``, ``param_norm`` (of the params the step returns), ``lr``,
   ``rejected`` (1 if this update was rejected as non-finite), ``aux_loss/<name>`` (each
   auxiliary loss the model sowed).
   """
+
+  num_tasks = len(tasks)
+  if type(task_sampling) is not int or not 0 <= task_sampling <= num_tasks:
+    raise ValueError(f'task_sampling must be an integer in [0, {num_tasks}] (0: off), got '
+                     f'{task_sampling!r}')
+  sampling = 0 < task_sampling < num_tasks
+  if sampling and (task_sampling < weighting.min_tasks
+                   or jax.tree_util.tree_leaves(weighting.init(num_tasks))
+                   or weighting.after_step is not None):
+    raise ValueError(f'task_sampling={task_sampling} needs a stateless weighting for at least '
+                     f'{task_sampling} tasks; {weighting.name!r} keeps per-task state or needs '
+                     f'{weighting.min_tasks} tasks')
 
   if mode == 'rep' and not (hasattr(model, 'representation') and hasattr(model, 'heads')):
     raise ValueError(f"mode='rep' needs a model with representation() and heads() methods; "
@@ -171,12 +188,18 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
         state.params))
     has_rep = (hasattr(model, 'representation') and hasattr(model, 'heads')
                and not aux_names)
+    subset = None
+    if sampling:
+      draw = jax.random.choice(jax.random.fold_in(weighting_rng, 1), num_tasks,
+                               (task_sampling,), replace=False)
+      subset = jnp.sort(draw)
     out = engine.task_gradients(
         weighting, state.params, state.weighting_state, weighting_rng, applied,
         losses_fn=losses_fn, rep_fn=rep_fn if has_rep else None,
         head_fn=head_fn if has_rep else None,
         stacked_head_fn=functools.partial(head_fn, stacked=True) if has_rep else None,
-        num_tasks=len(tasks), mode=mode, chunk_size=chunk_size, head_grads=head_grads)
+        num_tasks=num_tasks, mode=mode, chunk_size=chunk_size, head_grads=head_grads,
+        subset=subset)
     losses, grads, result = out.losses, out.grads, out.result
     new_model_state = _merge_model_state(*out.aux) if out.split else out.aux
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

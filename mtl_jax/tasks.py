@@ -212,6 +212,11 @@ class TaskSet:
           raise ValueError(f"task '{name}': NaN or inf in {int(bad.sum())} labelled sample(s); "
                            f"set batch['masks']['{name}'] = 0 for missing labels")
       task = self[name]
+      if task.kind in ('binary', 'multilabel'):
+        values = y.reshape(len(y), -1)[labelled]
+        if values.size and (np.any(values < 0) or np.any(values > 1)):
+          raise ValueError(f"task '{name}': {task.kind} labels must be in [0, 1], got values "
+                           f'in [{values.min()}, {values.max()}]')
       if task.kind == 'multiclass':
         classes = y.reshape(len(y))[labelled]
         if classes.size and (np.any(classes < 0) or np.any(classes >= task.out_dim) or

@@ -19,6 +19,7 @@ import optax
 import tqdm
 
 from mtl_jax import config_validation, data, models, parallel, transfer, weighting
+from mtl_jax import metrics as metrics_lib
 from mtl_jax.checkpointing import Checkpointer
 from mtl_jax.step import (evaluate, init_train_state, jit_train_step, make_eval_step,
                           make_train_step)
@@ -31,14 +32,20 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def build_dataset(config) -> data.MultiTaskDataset:
+  """``config.data.name``: the synthetic data (top-level fields) or a loaded data set with the
+  options of ``config.data.<name>``; bad options raise ``ConfigError`` naming the field."""
   d = config.data
   try:
-    dataset = data.make_synthetic(
-        d.num_tasks, d.correlation, input_dim=d.input_dim, num_sines=d.num_sines,
-        noise_std=d.noise_std, scale=d.scale, preset=d.preset, sizes=tuple(d.sizes),
-        seed=d.seed, per_task_inputs=d.per_task_inputs, domain_shift=d.domain_shift)
+    if d.name == 'synthetic':
+      dataset = data.make_synthetic(
+          d.num_tasks, d.correlation, input_dim=d.input_dim, num_sines=d.num_sines,
+          noise_std=d.noise_std, scale=d.scale, preset=d.preset, sizes=tuple(d.sizes),
+          seed=d.seed, per_task_inputs=d.per_task_inputs, domain_shift=d.domain_shift)
+    else:
+      dataset = data.loaders.load(d.name, seed=d.seed, **d[d.name])
   except ValueError as e:
-    raise config_validation.ConfigError(f'config.data: {e}') from None
+    field = 'config.data' if d.name == 'synthetic' else f'config.data.{d.name}'
+    raise config_validation.ConfigError(f'{field}: {e}') from None
   if not d.tasks:
     return dataset
   try:
@@ -147,6 +154,31 @@ def _print_table(tasks: TaskSet, results: dict, file=None) -> None:
     print(line(r), file=file)
 
 
+def baseline_config(config: ml_collections.ConfigDict, task: str) -> ml_collections.ConfigDict:
+  """The single-task baseline of ``task``: shared_bottom with one head, trained with 'ew' by
+  the same code, backbone, optimiser, schedule, steps and seed."""
+  base = ml_collections.ConfigDict(config.to_dict())
+  base.name = f'{config.name}-baseline-{task}'
+  base.data.tasks = (task,)
+  base.model.name = 'shared_bottom'
+  base.weighting.name = 'ew'
+  base.train.task_sampling = 0
+  base.eval.baselines = False
+  return base
+
+
+def train_baselines(config: ml_collections.ConfigDict, tasks: TaskSet, workdir: str) -> dict:
+  """``{task: test metrics}`` of every task's single-task baseline (``workdir/baselines/``;
+  each resumes from its own checkpoints)."""
+  out = {}
+  for task in tasks.names:
+    print(f'single-task baseline for {task!r}')
+    results = train_and_evaluate(baseline_config(config, task),
+                                 os.path.join(workdir, 'baselines', task))
+    out[task] = results['metrics'][task]
+  return out
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from ``workdir``'s latest checkpoint), evaluates, writes results."""
   start_time = time.time()
@@ -175,9 +207,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           f'{config[section][key]}')
 
   train_split = dataset.split('train')
-  iterator = data.BatchIterator(train_split, config.train.batch_size, seed=config.seed,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count())
+  try:
+    iterator = data.BatchIterator(train_split, config.train.batch_size, seed=config.seed,
+                                  process_index=jax.process_index(),
+                                  process_count=jax.process_count(),
+                                  worker_count=config.data.worker_count)
+  except ValueError as e:
+    raise config_validation.ConfigError(f'config.train.batch_size: {e}') from None
   method = build_weighting(config, tasks, iterator.batches_per_epoch)
   sample = data.take(train_split, np.arange(config.train.batch_size))
   state = init_train_state(model, tasks, optimizer, method, sample['inputs'],
@@ -207,10 +243,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   w = config.weighting
   frozen = (transfer.frozen_mask(state.params, config.transfer.target)
             if config.transfer.freeze else None)
-  raw_step = make_train_step(
-      model, tasks, optimizer, method, schedule=schedule, mode=w.mode, frozen=frozen,
-      chunk_size=w.chunk_size or None,
-      head_grads=None if w.head_grads == 'default' else w.head_grads, jit=False)
+  try:
+    raw_step = make_train_step(
+        model, tasks, optimizer, method, schedule=schedule, mode=w.mode, frozen=frozen,
+        chunk_size=w.chunk_size or None,
+        head_grads=None if w.head_grads == 'default' else w.head_grads, jit=False,
+        task_sampling=config.train.task_sampling)
+  except ValueError as e:
+    if 'task_sampling' not in str(e):
+      raise
+    raise config_validation.ConfigError(f'config.train.task_sampling: {e}') from None
 
   def counted_step(state, batch):
     traces['train_step'] += 1
@@ -246,7 +288,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if not checked_structure:
         tasks.check_batch(batch)
         checked_structure = True
-      tasks.check_values(batch)
+      try:
+        tasks.check_values(batch)
+      except ValueError as e:
+        raise ValueError(f'data set {dataset.name!r}, split \'train\', batch of step {step}: '
+                         f'{e}') from None
       state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
       pending.append((step, metrics))
       progress.update(1)
@@ -291,10 +337,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       'jax_version': jax.__version__,
       'devices': [str(d) for d in mesh.devices.flat],
   }
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=2)
   for split, values in split_metrics.items():
     print(f'\n{config.name}: {split} metrics after {results["steps"]} steps')
     _print_table(tasks, values)
+  if config.eval.baselines:
+    if 'test' not in split_metrics:
+      raise config_validation.ConfigError("config.eval.baselines: needs 'test' in "
+                                          'config.eval.splits')
+    results['baselines'] = train_baselines(config, tasks, workdir)
+    results['delta_m'] = metrics_lib.delta_m(results['metrics'], results['baselines'],
+                                             tasks.directions())
+    print(f'\n{config.name}: single-task baselines (test)')
+    _print_table(tasks, results['baselines'])
+    print(f'Delta-m% against them: {results["delta_m"]:+.2f} (lower is better)')
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    json.dump(results, f, indent=2)
   return results
 

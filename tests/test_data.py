@@ -1,9 +1,9 @@
-"""The synthetic generator and the batch iterator."""
+"""The synthetic generator."""
 
 import numpy as np
 import pytest
 
-from mtl_jax.data import BatchIterator, eval_batches, make_synthetic, num_examples
+from mtl_jax.data import make_synthetic, num_examples
 from mtl_jax.data.synthetic import PRESETS, task_vectors
 
 
@@ -65,78 +65,3 @@ def test_bad_generator_arguments_name_the_field():
     make_synthetic(2, 0.5, preset='mmoe')
   with pytest.raises(ValueError, match='input_dim'):
     make_synthetic(5, 0.5, input_dim=3)
-
-
-def _split(n):
-  return {'inputs': np.arange(n, dtype=np.float32)[:, None], 'labels': {'y': np.zeros(n)}}
-
-
-def test_iterator_epochs_are_fresh_permutations():
-  it = BatchIterator(_split(20), batch_size=6, seed=0)  # 3 batches per epoch, 2 dropped
-  epochs = [np.concatenate([next(it)['inputs'][:, 0] for _ in range(3)]) for _ in range(3)]
-  for seen in epochs:
-    assert len(set(seen)) == 18 and set(seen) <= set(range(20))
-  assert not np.array_equal(epochs[0], epochs[1])
-
-
-def test_iterator_state_round_trip_reproduces_the_stream():
-  reference = BatchIterator(_split(20), batch_size=6, seed=7)
-  stream = [next(reference)['inputs'][:, 0] for _ in range(10)]
-  it = BatchIterator(_split(20), batch_size=6, seed=7)
-  for _ in range(4):
-    next(it)
-  state = it.get_state()
-  resumed = BatchIterator(_split(20), batch_size=6, seed=7)
-  resumed.set_state(state)
-  for k in range(4, 10):
-    np.testing.assert_array_equal(next(resumed)['inputs'][:, 0], stream[k])
-  with pytest.raises(ValueError, match='does not match'):
-    BatchIterator(_split(20), batch_size=5, seed=7).set_state(state)
-
-
-def test_process_shards_partition_the_global_batch():
-  split = _split(40)
-  whole = BatchIterator(split, batch_size=8, seed=3)
-  shards = [BatchIterator(split, batch_size=8, seed=3, process_index=i, process_count=4)
-            for i in range(4)]
-  for _ in range(7):  # crosses an epoch boundary
-    expected = next(whole)['inputs'][:, 0]
-    parts = [next(s)['inputs'][:, 0] for s in shards]
-    assert all(len(p) == 2 for p in parts)
-    np.testing.assert_array_equal(np.concatenate(parts), expected)
-  with pytest.raises(ValueError, match='split evenly over 3 processes'):
-    BatchIterator(split, batch_size=8, seed=3, process_index=0, process_count=3)
-
-
-def test_batches_always_carry_a_mask_per_task():
-  split = _split(10)
-  split['labels']['z'] = np.ones(10)
-  split['masks'] = {'z': np.arange(10) % 2 == 0}
-  batch = next(BatchIterator(split, batch_size=4, seed=0, shuffle=False))
-  assert set(batch['masks']) == {'y', 'z'}
-  np.testing.assert_array_equal(batch['masks']['y'], True)
-  np.testing.assert_array_equal(batch['masks']['z'], [True, False, True, False])
-
-
-def test_iterator_rejects_a_position_from_another_data_set():
-  state = BatchIterator(_split(20), batch_size=6, seed=7).get_state()
-  with pytest.raises(ValueError, match='num_examples 20 != 26'):
-    BatchIterator(_split(26), batch_size=6, seed=7).set_state(state)
-
-
-def test_eval_batches_cover_the_split_once_and_shard_over_processes():
-  from mtl_jax import tasks as T
-  tasks = T.TaskSet([T.regression('y')])
-  split = _split(10)
-  whole = list(eval_batches(split, 4, tasks))
-  assert len(whole) == 3
-  seen = np.concatenate([b['inputs'][b['masks']['y'], 0] for b in whole])
-  np.testing.assert_array_equal(seen, np.arange(10))
-  parts = [list(eval_batches(split, 4, tasks, process_index=i, process_count=2))
-           for i in range(2)]
-  for k, batch in enumerate(whole):
-    np.testing.assert_array_equal(
-        np.concatenate([parts[0][k]['inputs'], parts[1][k]['inputs']]), batch['inputs'])
-    np.testing.assert_array_equal(
-        np.concatenate([parts[0][k]['masks']['y'], parts[1][k]['masks']['y']]),
-        batch['masks']['y'])

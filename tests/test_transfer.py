@@ -54,8 +54,10 @@ def test_select_tasks_keeps_one_task():
   one = select_tasks(ds, ['y2'])
   assert one.tasks.names == ('y2',)
   np.testing.assert_array_equal(one.split('train')['labels']['y2'], ds.split('train')['labels']['y2'])
-  with pytest.raises(ValueError, match="tasks must be distinct names among"):
+  with pytest.raises(ValueError, match=r"has no task\(s\) \['y4'\]"):
     select_tasks(ds, ['y4'])
+  with pytest.raises(ValueError, match="tasks must be distinct names among"):
+    select_tasks(ds, ['y1', 'y1'])
 
 
 def test_init_from_an_earlier_run_then_frozen_fine_tuning(tmp_path):

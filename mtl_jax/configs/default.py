@@ -4,6 +4,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from mtl_jax import models
+from mtl_jax.data import loaders
 
 
 def _block(**values) -> ml_collections.ConfigDict:
@@ -16,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'synthetic'
+  c.data.name = 'synthetic'       # 'synthetic' or loaders.names(): options in c.data.<name>
   c.data.num_tasks = 2
   c.data.correlation = 0.5
   c.data.input_dim = 100
@@ -29,6 +30,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.tasks = ()               # train on these tasks only (e.g. one: a single-task run)
   c.data.per_task_inputs = False  # one input per task ([N, T, D]; e.g. for 'adversarial')
   c.data.domain_shift = 0.0       # per-task input mean shift (needs per_task_inputs)
+  c.data.worker_count = 0         # grain worker processes reading training batches; 0: none
+  # One block of options per loaded data set (mtl_jax/data/loaders.py), with its defaults.
+  for name in loaders.names():
+    c.data[name] = _block(**loaders.options(name))
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'shared_bottom'  # models.names(); options in the block of the same name
@@ -95,8 +100,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3
   c.train.on_nonfinite = 'skip'   # skip: reject the update and count it | raise
   c.train.num_devices = 0         # devices on the mesh's data axis; 0: all
+  c.train.task_sampling = 0       # train k random tasks per step (stateless weightings); 0: all
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 1000
   c.eval.splits = ('val', 'test')
+  # Also train one single-task baseline per task (shared_bottom, one head, same backbone,
+  # optimiser and steps; in workdir/baselines/<task>) and report them and Delta-m% in
+  # results.json.
+  c.eval.baselines = False
   return c

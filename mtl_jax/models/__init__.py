@@ -14,7 +14,7 @@ from typing import Callable
 
 import flax.linen as nn
 
-from mtl_jax.models import (adversarial, cnn, columns, experts, gated_fusion, mtan,
+from mtl_jax.models import (adversarial, cnn, columns, experts, gated_fusion, lenet, mtan,
                             task_attention, transformer)
 from mtl_jax.models.common import check, check_widths
 from mtl_jax.models.heads import StackedTowers, TaskHeads, Tower
@@ -33,7 +33,7 @@ def _mlp_backbone(hidden=(64,), dropout=0.0):
 
 
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    'mlp': _mlp_backbone, **cnn.BUILDERS, **transformer.BUILDERS}
+    'mlp': _mlp_backbone, **cnn.BUILDERS, **lenet.BUILDERS, **transformer.BUILDERS}
 
 
 def _heads(tasks, tower_hidden, dropout):
