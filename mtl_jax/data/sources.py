@@ -47,9 +47,25 @@ class RecordSource:
       raise ValueError(f'{self.name}, record {index}: {e}') from e
 
   def read(self, indices) -> dict:
-    """The records ``indices`` stacked into a batch."""
-    return stack([self[i] for i in np.asarray(indices).reshape(-1)], self.name,
-                 np.asarray(indices).reshape(-1))
+    """The records ``indices`` stacked into a batch (one batched read where the source has
+    ``__getitems__``, as tfds's array_record sources do)."""
+    indices = [int(i) for i in np.asarray(indices).reshape(-1)]
+    records = None
+    if hasattr(self.source, '__getitems__') and not isinstance(self.source, RecordSource):
+      try:
+        raws = self.source.__getitems__(indices)
+      except Exception:  # pylint: disable=broad-except
+        raws = None      # fall back to record-by-record reads, which name the bad record
+      if raws is not None:
+        records = []
+        for index, raw in zip(indices, raws):
+          try:
+            records.append(self.transform(raw))
+          except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise ValueError(f'{self.name}, record {index}: {e}') from e
+    if records is None:
+      records = [self[i] for i in indices]
+    return stack(records, self.name, indices)
 
   def __repr__(self):
     return f'RecordSource({self.name!r}, {len(self)} records)'
