@@ -20,6 +20,15 @@ mixing matrix.
 
 Task t's tower reads column t.  Parameter split (static): columns and mixing parameters under
 ``'shared'``, towers under ``'task'``.
+
+One input per task (``per_task_inputs``; inputs [B, T, ...], task t's at [:, t]): all the
+columns run on every task's input (the inputs folded into one batch of T B examples, as
+``SharedBottom``'s trunk) and task t's tower reads column t on x_t, so y_t depends on x_t only.
+Letting column t read x_t alone would mix, at every stitch or link, activations of unrelated
+examples (example b of task s into example b of task t, paired by batch position): y_t would
+depend on the other tasks' inputs and on how batches are drawn.  The columns cost T times the
+shared-input model's (T B examples; batch-norm statistics, in training, over all T B); the
+parameters are the same (equal inputs give the shared-input predictions).
 """
 
 from typing import Sequence
@@ -29,7 +38,9 @@ import jax
 import jax.numpy as jnp
 
 from mtl_jax.models.common import check
+from mtl_jax.models.experts import check_per_task_inputs, fold_tasks, unfold_tasks
 from mtl_jax.models.heads import TaskHeads
+from mtl_jax.models.shared_bottom import diagonal
 from mtl_jax.models.stacked import Stacked
 from mtl_jax.models.stages import resolve_stages
 
@@ -127,14 +138,21 @@ class ColumnModel(nn.Module):
   """Stacked columns ``shared`` (output [columns, B, ...]) and towers ``task`` (a
   ``TaskHeads``): task t's tower reads column t.
 
-  ``representation(x)`` is the task columns' output z [T, B, ...]; ``heads(z, stacked=True)``
-  receives one copy of z per task ([T, T, B, ...]) and task t reads column t of copy t."""
+  ``representation(x)`` is the task columns' output z [T, B, ...] (with ``per_task_inputs``
+  column t's on x_t); ``heads(z, stacked=True)`` receives one copy of z per task
+  ([T, T, B, ...]) and task t reads column t of copy t."""
   shared: nn.Module
   task: nn.Module
   num_tasks: int
+  per_task_inputs: bool = False
+  model_name: str = 'columns'
 
   def representation(self, x, train: bool = False):
-    return self.shared(x, train=train)[:self.num_tasks]
+    if not self.per_task_inputs:
+      return self.shared(x, train=train)[:self.num_tasks]
+    num = self.num_tasks
+    out = self.shared(fold_tasks(self.model_name, x, num), train=train)   # [columns, T B, ...]
+    return diagonal(unfold_tasks(out[:num], num, 1))                       # column t on x_t
 
   def heads(self, z, train: bool = False, stacked: bool = False, inputs=None):
     if stacked:
@@ -146,8 +164,8 @@ class ColumnModel(nn.Module):
     return self.heads(self.representation(x, train), train)
 
 
-def _cross_stitch(tasks, backbone, tower_hidden=(), dropout=0.0, stitch='all',
-                  granularity='channel', alpha_self=0.9):
+def _cross_stitch(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False,
+                  stitch='all', granularity='channel', alpha_self=0.9):
   """Cross-stitch networks: x~_i = sum_j alpha_ij x_j at the stitch points (after every stage
   by default); alpha per channel or scalar, init alpha_ii = alpha_self, the rest of each row
   (1 - alpha_self) / (T - 1).  Shared: columns and alphas; task: towers."""
@@ -160,11 +178,13 @@ def _cross_stitch(tasks, backbone, tower_hidden=(), dropout=0.0, stitch='all',
   num = len(tasks)
   column = CrossStitchColumn(backbone.clone(), num, stitch, granularity, float(alpha_self))
   return ColumnModel(shared=Stacked(column, num, axis_name=AXIS),
-                     task=TaskHeads(tasks, tuple(tower_hidden), dropout), num_tasks=num)
+                     task=TaskHeads(tasks, tuple(tower_hidden), dropout), num_tasks=num,
+                     per_task_inputs=check_per_task_inputs('cross_stitch', per_task_inputs),
+                     model_name='cross_stitch')
 
 
-def _residual(tasks, backbone, tower_hidden=(), dropout=0.0, links='all', shared_stream=True,
-              detach=False, direction='all'):
+def _residual(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False, links='all',
+              shared_stream=True, detach=False, direction='all'):
   """Task columns with lateral residual links after the linked stages (every stage by default):
   h_t <- u_t + sum_{s != t} gamma_ts u_s + beta_t u_shared, gamma = beta = 0 at init.
 
@@ -183,7 +203,9 @@ def _residual(tasks, backbone, tower_hidden=(), dropout=0.0, links='all', shared
   num = num_tasks + int(shared_stream)
   column = ResidualColumn(backbone.clone(), num_tasks, num, links, detach, direction)
   return ColumnModel(shared=Stacked(column, num, axis_name=AXIS),
-                     task=TaskHeads(tasks, tuple(tower_hidden), dropout), num_tasks=num_tasks)
+                     task=TaskHeads(tasks, tuple(tower_hidden), dropout), num_tasks=num_tasks,
+                     per_task_inputs=check_per_task_inputs('residual', per_task_inputs),
+                     model_name='residual')
 
 
 BUILDERS = {'cross_stitch': _cross_stitch, 'residual': _residual}

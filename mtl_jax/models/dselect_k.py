@@ -20,6 +20,12 @@ over tasks, selectors and (per-example gates) examples, as the reference's ``add
     entropy      = entropy_reg * sum -r_l log(r_l + 1e-6)
     reachability = sum 1 / sum_{l<n} r_l          (only when n is not a power of 2)
 
+One input per task (``per_task_inputs``; inputs [B, T, ...], task t's at [:, t]): the experts
+run on all T B inputs at once (as ``SharedBottom``'s trunk, T times the cost) and gate t reads
+x_t and mixes the experts' outputs on x_t, y_t = h_t( sum_l q^t(x_t)_l f_l(x_t) ); the
+parameters and the regularisers' shapes are those of the shared-input model (equal inputs give
+its predictions and losses).
+
 Split: experts shared; gates and towers task-specific.  No representation split (the model
 sows auxiliary losses).
 """
@@ -32,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtl_jax.models.common import check
-from mtl_jax.models.experts import Experts, check_count, flatten, mix_per_task, stack
+from mtl_jax.models.experts import (Experts, check_count, check_per_task_inputs, flatten,
+                                    fold_tasks, mix_per_task, stack, tasks_first, unfold_tasks)
 from mtl_jax.models.heads import TaskHeads
 
 EPSILON = 1e-6
@@ -95,20 +102,25 @@ class DSelectKGate(nn.Module):
 
 
 class DSelectKHeads(nn.Module):
-  """Per-task DSelect-k gates over the expert outputs e [n, B, ...], then the towers."""
+  """Per-task DSelect-k gates over the expert outputs e [n, B, ...], then the towers (with
+  ``per_task_inputs``: e [T, n, B, ...] and x [T, B, ...], gate t reading x[t] and mixing
+  e[t])."""
   heads: TaskHeads
   num_experts: int
   k: int
   gamma: float
   per_example: bool = True
+  per_task_inputs: bool = False
 
   @nn.compact
   def __call__(self, e, x, train: bool = False):
     num_tasks = len(self.heads.tasks)
     gate = DSelectKGate(self.num_experts, self.k, self.gamma, self.per_example, parent=None)
-    q, r = stack(gate, num_tasks, name='gate')(x)              # [T, B, n], [T, ., k, n]
+    q, r = stack(gate, num_tasks, in_axis=0 if self.per_task_inputs else None,
+                 name='gate')(x)                               # [T, B, n], [T, ., k, n]
     self.sow('intermediates', 'gates', q)
-    e = jnp.broadcast_to(e[None], (num_tasks,) + e.shape)
+    if not self.per_task_inputs:
+      e = jnp.broadcast_to(e[None], (num_tasks,) + e.shape)
     return self.heads(mix_per_task(q, e), train, stacked=True), r
 
 
@@ -117,10 +129,17 @@ class DSelectK(nn.Module):
   shared: Experts
   task: DSelectKHeads
   entropy_reg: float = 1e-6
+  per_task_inputs: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    predictions, r = self.task(self.shared(x, train), x, train)
+    if self.per_task_inputs:
+      num = len(self.task.heads.tasks)
+      e = unfold_tasks(self.shared(fold_tasks('dselect_k', x, num), train), num, 1)
+      e, x = jnp.swapaxes(e, 0, 1), tasks_first('dselect_k', x, num)  # [T, n, B, ...], [T, B, ...]
+    else:
+      e = self.shared(x, train)
+    predictions, r = self.task(e, x, train)
     if train:
       if self.entropy_reg:
         self.sow('aux_loss', 'entropy',
@@ -131,8 +150,8 @@ class DSelectK(nn.Module):
     return predictions
 
 
-def _dselect_k(tasks, backbone, tower_hidden=(), dropout=0.0, num_experts=8, k=2, gamma=1.0,
-               entropy_reg=1e-6, per_example=True):
+def _dselect_k(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False,
+               num_experts=8, k=2, gamma=1.0, entropy_reg=1e-6, per_example=True):
   """Per-task DSelect-k gates over shared experts (see the module docstring)."""
   n = check_count('dselect_k.num_experts', num_experts)
   check(type(k) is int and k >= 1, 'dselect_k.k', 'must be >= 1', k)
@@ -141,10 +160,11 @@ def _dselect_k(tasks, backbone, tower_hidden=(), dropout=0.0, num_experts=8, k=2
   check(isinstance(entropy_reg, (int, float)) and entropy_reg >= 0, 'dselect_k.entropy_reg',
         'must be >= 0', entropy_reg)
   check(isinstance(per_example, bool), 'dselect_k.per_example', 'must be a bool', per_example)
+  per_task_inputs = check_per_task_inputs('dselect_k', per_task_inputs)
   heads = TaskHeads(tasks, tuple(tower_hidden), dropout)
   return DSelectK(shared=Experts(backbone, n),
-                  task=DSelectKHeads(heads, n, k, float(gamma), per_example),
-                  entropy_reg=float(entropy_reg))
+                  task=DSelectKHeads(heads, n, k, float(gamma), per_example, per_task_inputs),
+                  entropy_reg=float(entropy_reg), per_task_inputs=per_task_inputs)
 
 
 BUILDERS = {'dselect_k': _dselect_k}

@@ -15,6 +15,18 @@ Split: OMoE shares the experts and the gate (every task reads it), towers are ta
 MMoE shares the experts only, gate t and tower t are task t's.  Both define the representation
 split: OMoE's z is the mixture [B, ...]; MMoE's z is the expert outputs [n, B, ...], its heads
 read ``inputs`` for the gates.  Gate weights are sown as ``intermediates/.../gates``.
+
+One input per task (``per_task_inputs``; inputs [B, T, ...], task t's at [:, t]): the shared
+part runs on all T B inputs at once (``fold_tasks``, as ``SharedBottom``'s trunk) and task t
+reads what it computes on x_t, so y_t depends on x_t only and equal inputs give the shared-input
+model's predictions with the same parameters (the parameter tree does not change):
+
+    OMoE:  y_t = h_t( sum_i g(x_t)_i f_i(x_t) )          (z: the mixtures [T, B, ...])
+    MMoE:  y_t = h_t( sum_i g^t(x_t)_i f_i(x_t) )        (z: the expert outputs [T, n, B, ...],
+                                                          gate t reads ``inputs[:, t]``)
+
+The experts cost T times the shared-input model's (T B examples); with ``stacked`` heads,
+task t reads row t of copy t.
 """
 
 from typing import Sequence
@@ -25,7 +37,7 @@ import jax.numpy as jnp
 from mtl_jax.models.common import check, check_widths
 from mtl_jax.models.heads import TaskHeads
 from mtl_jax.models.mlp import MLP
-from mtl_jax.models.shared_bottom import SharedBottom
+from mtl_jax.models.shared_bottom import SharedBottom, diagonal
 from mtl_jax.models.stacked import Stacked
 
 
@@ -42,6 +54,27 @@ def mix(g, experts):
 def mix_per_task(g, experts):
   """Per-task mixtures: g [T, B, n], experts [T, n, B, ...] -> [T, B, ...]."""
   return jnp.einsum('tbn,tnb...->tb...', g, experts)
+
+
+def tasks_first(model: str, x, num_tasks: int):
+  """Per-task inputs x [B, T, ...] as [T, B, ...]; other shapes raise an error naming
+  ``<model>.per_task_inputs``."""
+  if x.ndim < 3 or x.shape[1] != num_tasks:
+    raise ValueError(f'{model}.per_task_inputs: inputs must be [B, T={num_tasks}, ...] (task t '
+                     f'at [:, t]), got shape {tuple(x.shape)}')
+  return jnp.swapaxes(x, 0, 1)
+
+
+def fold_tasks(model: str, x, num_tasks: int):
+  """Per-task inputs x [B, T, ...] as one batch [T B, ...], task-major (row t B + b = x[b, t]):
+  a shared part run on it computes on every task's input at once."""
+  x = tasks_first(model, x, num_tasks)
+  return jnp.reshape(x, (-1,) + x.shape[2:])
+
+
+def unfold_tasks(a, num_tasks: int, axis: int = 0):
+  """Undoes ``fold_tasks`` on ``axis`` of ``a``: [..., T B, ...] -> [..., T, B, ...]."""
+  return jnp.reshape(a, a.shape[:axis] + (num_tasks, -1) + a.shape[axis + 1:])
 
 
 def stack(module: nn.Module, num: int, in_axis=None, axis_name='copy', **kwargs):
@@ -88,6 +121,12 @@ def check_count(field: str, value) -> int:
   return value
 
 
+def check_per_task_inputs(model: str, per_task_inputs) -> bool:
+  check(isinstance(per_task_inputs, bool), f'{model}.per_task_inputs', 'must be a bool',
+        per_task_inputs)
+  return per_task_inputs
+
+
 class Experts(nn.Module):
   """n copies of the backbone on the same input: [n, B, ...]."""
   backbone: nn.Module
@@ -118,17 +157,20 @@ class PerTaskGatedHeads(GateOptions):
   """MMoE's task part: per-task gates over the expert outputs, then the towers.
 
   ``e``: expert outputs [n, B, ...] (or with ``stacked`` one copy per task, [T, n, B, ...]);
-  ``x``: the inputs the gates read."""
+  ``x``: the inputs the gates read ([B, ...], or with ``per_task_inputs`` [T, B, ...], gate t
+  reading x[t])."""
   heads: TaskHeads
   num: int
   gate_hidden: Sequence[int] = ()
   gate_bias: bool = False
   gate_dropout: float = 0.0
+  per_task_inputs: bool = False
 
   @nn.compact
   def __call__(self, e, x, train: bool = False, stacked_z: bool = False):
     num_tasks = len(self.heads.tasks)
-    gates = stack(self.gate(self.num, parent=None), num_tasks, name='gate')
+    gates = stack(self.gate(self.num, parent=None), num_tasks,
+                  in_axis=0 if self.per_task_inputs else None, name='gate')
     g = gates(x, train=train)                                       # [T, B, n]
     self.sow('intermediates', 'gates', g)
     g = self.drop(g, train)
@@ -147,37 +189,51 @@ class MMoE(nn.Module):
   """Experts ``shared`` ([n, B, ...]), per-task gates + towers ``task``."""
   shared: Experts
   task: PerTaskGatedHeads
+  per_task_inputs: bool = False
 
   def representation(self, x, train: bool = False):
-    """The expert outputs z = [f_1(x); ...; f_n(x)]: [n, B, ...]."""
-    return self.shared(x, train)
+    """The expert outputs z = [f_1(x); ...; f_n(x)]: [n, B, ...] (per-task inputs: on every
+    task's input, [T, n, B, ...] with f_i(x_t) at [t, i])."""
+    if not self.per_task_inputs:
+      return self.shared(x, train)
+    num = len(self.task.heads.tasks)
+    e = self.shared(fold_tasks('mmoe', x, num), train)               # [n, T B, ...]
+    return jnp.swapaxes(unfold_tasks(e, num, 1), 0, 1)
 
   def heads(self, z, train: bool = False, stacked: bool = False, inputs=None):
-    """Predictions from expert outputs z ([T, n, B, ...] with ``stacked``) and the inputs."""
-    return self.task(z, _needs_inputs('mmoe', inputs), train, stacked)
+    """Predictions from expert outputs z (one copy per task with ``stacked``) and the inputs."""
+    inputs = _needs_inputs('mmoe', inputs)
+    if self.per_task_inputs:
+      num = len(self.task.heads.tasks)
+      return self.task(diagonal(z) if stacked else z, tasks_first('mmoe', inputs, num), train,
+                       stacked_z=True)
+    return self.task(z, inputs, train, stacked)
 
   def __call__(self, x, train: bool = False):
     return self.heads(self.representation(x, train), train, inputs=x)
 
 
-def _omoe(tasks, backbone, tower_hidden=(), dropout=0.0, num_experts=8, gate_bias=False,
-          gate_hidden=(), gate_dropout=0.0):
+def _omoe(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False, num_experts=8,
+          gate_bias=False, gate_hidden=(), gate_dropout=0.0):
   """OMoE: y_t = h_t(sum_i softmax(W_g x)_i f_i(x)); shared: experts + gate."""
   num = check_count('omoe.num_experts', num_experts)
   hidden = check_gate_options('omoe', gate_bias, gate_hidden, gate_dropout)
   return SharedBottom(
       shared=OneGateMixture(backbone, num, hidden, gate_bias, float(gate_dropout)),
-      task=TaskHeads(tasks, tuple(tower_hidden), dropout))
+      task=TaskHeads(tasks, tuple(tower_hidden), dropout),
+      per_task_inputs=check_per_task_inputs('omoe', per_task_inputs))
 
 
-def _mmoe(tasks, backbone, tower_hidden=(), dropout=0.0, num_experts=8, gate_bias=False,
-          gate_hidden=(), gate_dropout=0.0):
+def _mmoe(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False, num_experts=8,
+          gate_bias=False, gate_hidden=(), gate_dropout=0.0):
   """MMoE: y_t = h_t(sum_i softmax(W_{g,t} x)_i f_i(x)); shared: experts."""
   num = check_count('mmoe.num_experts', num_experts)
   hidden = check_gate_options('mmoe', gate_bias, gate_hidden, gate_dropout)
+  per_task_inputs = check_per_task_inputs('mmoe', per_task_inputs)
   return MMoE(shared=Experts(backbone, num),
               task=PerTaskGatedHeads(TaskHeads(tasks, tuple(tower_hidden), dropout), num,
-                                     hidden, gate_bias, float(gate_dropout)))
+                                     hidden, gate_bias, float(gate_dropout), per_task_inputs),
+              per_task_inputs=per_task_inputs)
 
 
 # Defined after the helpers above, which dselect_k and ple import.

@@ -24,6 +24,13 @@ stacked [T, d_c, T] and [T, T]) -> 'task'.
 Representation split: ``representation(x) = {'context': c [B, d_c], 'columns': H [B, T, w]}``;
 ``heads`` = output layers, gates and fusion (with ``stacked=True`` every leaf has a leading
 task axis and task t reads only copy t).
+
+One input per task (``per_task_inputs``; inputs [B, T, ...], task t's at [:, t]): the trunk and
+the columns run on all T B inputs at once (as ``SharedBottom``'s trunk, T times the cost) and
+task t fuses every column's prediction of task t on x_t, with its gates reading c(x_t):
+y_t(x_t) as above, so y_t depends on x_t only.  z = {'context': [T, B, d_c], 'columns':
+[T, B, T_cols, w]} (x_t's at [t]), which the heads read as they read a stacked z.  The
+parameters are the shared-input model's (equal inputs give its predictions).
 """
 
 import flax.linen as nn
@@ -32,7 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtl_jax.models.common import check
+from mtl_jax.models.experts import check_per_task_inputs, fold_tasks, unfold_tasks
 from mtl_jax.models.mlp import MLP
+from mtl_jax.models.shared_bottom import diagonal
 from mtl_jax.models.stacked import Stacked
 
 CONTEXTS = ('representation', 'static')
@@ -99,20 +108,28 @@ class GatedFusion(nn.Module):
   """``shared``: a ``FusionTrunk``; ``task``: the ``FusionHeads``."""
   shared: FusionTrunk
   task: FusionHeads
+  per_task_inputs: bool = False
 
   def representation(self, x, train: bool = False):
-    """{'context': c, 'columns': every column's features} (shared parameters only)."""
-    return self.shared(x, train)
+    """{'context': c, 'columns': every column's features} (shared parameters only; per-task
+    inputs: on every task's input, each leaf [T, B, ...])."""
+    if not self.per_task_inputs:
+      return self.shared(x, train)
+    num = self.shared.num_tasks
+    z = self.shared(fold_tasks('gated_fusion', x, num), train)
+    return jax.tree.map(lambda a: unfold_tasks(a, num), z)
 
   def heads(self, z, train: bool = False, stacked: bool = False, inputs=None):
     """Every column's prediction of every task, gated and fused (``inputs`` unused)."""
+    if self.per_task_inputs:                      # task t reads x_t's z (of copy t)
+      return self.task(jax.tree.map(diagonal, z) if stacked else z, stacked=True)
     return self.task(z, stacked)
 
   def __call__(self, x, train: bool = False):
     return self.heads(self.representation(x, train), train)
 
 
-def build_gated_fusion(tasks, backbone, tower_hidden=(), dropout=0.0,
+def build_gated_fusion(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False,
                        context='representation', detach_predictions=False):
   """T columns predicting every task, fused per task by sigmoid gates; see the module
   docstring."""
@@ -120,7 +137,8 @@ def build_gated_fusion(tasks, backbone, tower_hidden=(), dropout=0.0,
   check(isinstance(detach_predictions, bool), 'gated_fusion.detach_predictions',
         'must be a bool', detach_predictions)
   return GatedFusion(shared=FusionTrunk(backbone, len(tasks), tuple(tower_hidden), dropout),
-                     task=FusionHeads(tasks, context, detach_predictions))
+                     task=FusionHeads(tasks, context, detach_predictions),
+                     per_task_inputs=check_per_task_inputs('gated_fusion', per_task_inputs))
 
 
 BUILDERS = {'gated_fusion': build_gated_fusion}

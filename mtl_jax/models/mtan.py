@@ -18,6 +18,12 @@ The per-task paths are one module vmapped over T (parameters with a leading T ax
 Shared: the backbone.  Task: the masks g_t, the projections f_t and the towers.
 ``representation(x)`` is the tuple (p^(1), ..., p^(J)); ``heads(z)`` the masks and towers
 (with ``stacked=True`` every leaf of z has a leading T axis and task t reads copy t).
+
+One input per task (``per_task_inputs``; inputs [B, T, ...], task t's at [:, t]): the backbone
+runs on all T B inputs at once (as ``SharedBottom``'s trunk, T times the cost) and task t's
+attention path reads the stage outputs of x_t, t_t^(j) = a_t^(j)(x_t) * p^(j)(x_t), so y_t
+depends on x_t only; z = (p^(1), ..., p^(J)) with a task axis, [T, B, ...] (x_t's at [t]).  The
+parameters are the shared-input model's (equal inputs give its predictions).
 """
 
 from typing import Sequence
@@ -27,7 +33,9 @@ import jax
 import jax.numpy as jnp
 
 from mtl_jax.models.columns import stage_option
+from mtl_jax.models.experts import check_per_task_inputs, fold_tasks, unfold_tasks
 from mtl_jax.models.heads import TaskHeads
+from mtl_jax.models.shared_bottom import diagonal
 
 
 def _resize(prev, p, prev_name: str, name: str):
@@ -88,9 +96,10 @@ class MTAN(nn.Module):
   shared: nn.Module
   task: nn.Module
   stages: Sequence[str]
+  per_task_inputs: bool = False
 
   def representation(self, x, train: bool = False):
-    """The recorded stage outputs (p^(1), ..., p^(J))."""
+    """The recorded stage outputs (p^(1), ..., p^(J)) (per-task inputs: each [T, B, ...])."""
     recorded = {}
 
     def hook(name, h):
@@ -98,24 +107,29 @@ class MTAN(nn.Module):
         recorded[name] = h
       return h
 
-    self.shared(x, train, hook=hook)
-    return tuple(recorded[name] for name in self.stages)
+    num = len(self.task.tasks)
+    self.shared(fold_tasks('mtan', x, num) if self.per_task_inputs else x, train, hook=hook)
+    z = tuple(recorded[name] for name in self.stages)
+    return tuple(unfold_tasks(p, num) for p in z) if self.per_task_inputs else z
 
   def heads(self, z, train: bool = False, stacked: bool = False, inputs=None):
     """Predictions {task: [B, out_dim]} from the stage outputs (one copy per task if
     ``stacked``); ``inputs`` is unused."""
+    if self.per_task_inputs:                      # task t reads x_t's outputs (of copy t)
+      return self.task(tuple(diagonal(p) for p in z) if stacked else z, train, stacked=True)
     return self.task(z, train, stacked)
 
   def __call__(self, x, train: bool = False):
     return self.heads(self.representation(x, train), train)
 
 
-def _mtan(tasks, backbone, tower_hidden=(), dropout=0.0, stages='all'):
+def _mtan(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False, stages='all'):
   """MTAN over the selected stages of any backbone (every stage by default).  Shared: the
   backbone; task: attention masks, projections f_t and towers."""
   stages = stage_option('mtan', 'stages', stages, backbone)
   return MTAN(shared=backbone,
-              task=MTANHeads(tasks, stages, tuple(tower_hidden), dropout), stages=stages)
+              task=MTANHeads(tasks, stages, tuple(tower_hidden), dropout), stages=stages,
+              per_task_inputs=check_per_task_inputs('mtan', per_task_inputs))
 
 
 BUILDERS = {'mtan': _mtan}

@@ -11,9 +11,10 @@ experts E^{(j)}_{s,.} read g^{s,j-1}:
 
 CGC is the one-level case (no shared gate).  Level-1 experts are copies of the backbone;
 experts of levels >= 2 read the previous level's outputs and are MLPs of widths
-``expert_hidden`` (ReLU after every layer, the model's ``dropout``).  Gates: optional MLP (``gate_hidden``) then
-``Dense(., use_bias=gate_bias)`` + softmax, on the flattened gate input; ``gate_dropout`` drops
-gate outputs in training.  Task experts are stacked [T, m_k, ...], task gates [T, d_j, m_k+m_s].
+``expert_hidden`` (ReLU after every layer, the model's ``dropout``).  Gates: optional MLP
+(``gate_hidden``) then ``Dense(., use_bias=gate_bias)`` + softmax, on the flattened gate input;
+``gate_dropout`` drops gate outputs in training.  Task experts are stacked [T, m_k, ...], task
+gates [T, d_j, m_k+m_s].
 
 Split (a parameter is shared iff more than one task's loss depends on it): the task-k experts
 of a level j < N feed that level's shared gate, hence every task, and so do the task-k gates
@@ -26,6 +27,18 @@ Representation split: z = {level N-1's task experts [T, m_k, B, ...] and shared 
 [m_s, B, ...], level N-1's task-gate inputs g^{k,N-2} [T, B, ...] (N >= 3), level N's shared
 experts [m_s, B, ...]}; the heads run the rest, reading ``inputs`` where a gate or expert reads
 x (N <= 2).  With ``stacked``, task t reads copy t (and its own task row of copy t).
+
+One input per task (``per_task_inputs``; inputs [B, T, ...], task t's at [:, t]).  The network
+above, run on x_t, gives y_t:  g^{k,0} = g^{s,0} = x_t on "chain" t, so every level's shared
+gate keeps its meaning (it mixes every task's and the shared experts' outputs on ONE example,
+x_t) and y_t depends on x_t only.  The trunk runs on all T B inputs at once (every chain:
+T times the shared-input trunk's compute and activation memory, as ``SharedBottom``'s trunk);
+the heads run task t's part on chain t only, so their cost is the shared-input heads'.  Of the
+trunk's outputs z keeps task t's chain: task t's leaves (its own row) as above, the shared
+leaves gain a task axis, [T, m_s, B, ...] (level N's shared experts on x_t for task t), so z
+stays T times the shared-input z at most (the copies the heads never read are not kept).  The
+parameters are the shared-input model's: equal inputs give its predictions.  (Dropping the
+shared gate, as LibMTL's PLE does, would change the model; it is kept.)
 """
 
 from typing import Sequence
@@ -34,10 +47,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mtl_jax.models.common import check, check_widths
-from mtl_jax.models.experts import (GateOptions, check_count, check_gate_options, mix,
-                                    mix_per_task, stack)
+from mtl_jax.models.experts import (GateOptions, check_count, check_gate_options,
+                                    check_per_task_inputs, fold_tasks, mix, mix_per_task, stack,
+                                    tasks_first, unfold_tasks)
 from mtl_jax.models.heads import TaskHeads
 from mtl_jax.models.mlp import MLP
+from mtl_jax.models.shared_bottom import diagonal
 
 
 class _Levels(GateOptions):
@@ -118,24 +133,44 @@ class PLETrunk(_Levels):
     return z
 
 
+def own_chain(key: str, a, num_tasks: int):
+  """Task t's part of a trunk output computed on all T B inputs (``fold_tasks``): task
+  leaves [T, (m_k,) T B, ...] -> row t on chain t [T, (m_k,) B, ...]; shared leaves
+  [m_s, T B, ...] -> [T, m_s, B, ...] (chain t at [t])."""
+  if key in ('task_experts', 'task_inputs'):
+    axis = 2 if key == 'task_experts' else 1                        # the batch axis
+    return diagonal(jnp.moveaxis(unfold_tasks(a, num_tasks, axis), axis, 1))
+  return jnp.moveaxis(unfold_tasks(a, num_tasks, 1), 1, 0)
+
+
 class PLEHeads(_Levels):
-  """The task part: level N-1's task gates, level N's task experts and gates, the towers."""
+  """The task part: level N-1's task gates, level N's task experts and gates, the towers.
+
+  With ``per_task_inputs`` the shared leaves of z have a task axis too and x (if read) is
+  [T, B, ...], task t's gates and experts reading x[t]."""
   heads: TaskHeads
+  per_task_inputs: bool = False
 
   @nn.compact
   def __call__(self, z, x, train: bool = False, stacked: bool = False):
     n, t = self.num_levels, jnp.arange(self.num_tasks)
     own = (lambda a: a[t, t]) if stacked else (lambda a: a)    # task k's row of copy k
+    per_input = self.per_task_inputs
+    shared = own if per_input else (lambda a: a)               # shared leaves
+    shared_per_task = stacked or per_input
     tasks_in = None
     if n >= 2:
       prev = own(z['task_inputs']) if 'task_inputs' in z else None
-      g = self.task_gates(n - 1, x if prev is None else prev, prev is not None, train)
-      tasks_in = self.task_outputs(g, own(z['task_experts']), z['shared_experts'], stacked)
-    per_task = tasks_in is not None
-    inputs = tasks_in if per_task else x
+      g = self.task_gates(n - 1, x if prev is None else prev, per_input or prev is not None,
+                          train)
+      tasks_in = self.task_outputs(g, own(z['task_experts']), shared(z['shared_experts']),
+                                   shared_per_task)
+    per_task = per_input or tasks_in is not None
+    inputs = x if tasks_in is None else tasks_in
     te = self.task_experts(n, inputs, per_task, train)
     g = self.task_gates(n, inputs, per_task, train)
-    out = self.task_outputs(g, te, z['last_shared_experts'], stacked)     # [T, B, ...]
+    out = self.task_outputs(g, te, shared(z['last_shared_experts']),
+                            shared_per_task)                              # [T, B, ...]
     return self.heads(out, train, stacked=True)
 
 
@@ -144,24 +179,32 @@ class PLE(nn.Module):
   shared: PLETrunk
   task: PLEHeads
   model_name: str = 'ple'
+  per_task_inputs: bool = False
 
   def representation(self, x, train: bool = False):
-    """The shared level outputs (see the module docstring)."""
-    return self.shared(x, train)
+    """The shared level outputs (see the module docstring; per-task inputs: task t's chain)."""
+    if not self.per_task_inputs:
+      return self.shared(x, train)
+    num = self.task.num_tasks
+    z = self.shared(fold_tasks(self.model_name, x, num), train)
+    return {key: own_chain(key, a, num) for key, a in z.items()}
 
   def heads(self, z, train: bool = False, stacked: bool = False, inputs=None):
     """Predictions from z (one copy per task with ``stacked``) and, for N <= 2, the inputs."""
     if inputs is None and self.task.num_levels <= 2:
       raise ValueError(f'{self.model_name}.heads: the task gates read the batch inputs; '
                        'pass inputs=')
+    if self.per_task_inputs and inputs is not None:
+      inputs = tasks_first(self.model_name, inputs, self.task.num_tasks)    # [T, B, ...]
     return self.task(z, inputs, train, stacked)
 
   def __call__(self, x, train: bool = False):
     return self.heads(self.representation(x, train), train, inputs=x)
 
 
-def _build(model, tasks, backbone, tower_hidden, dropout, num_levels, num_task_experts,
-           num_shared_experts, expert_hidden, gate_bias, gate_hidden, gate_dropout):
+def _build(model, tasks, backbone, tower_hidden, dropout, per_task_inputs, num_levels,
+           num_task_experts, num_shared_experts, expert_hidden, gate_bias, gate_hidden,
+           gate_dropout):
   check(type(num_levels) is int and num_levels >= 1, f'{model}.num_levels', 'must be >= 1',
         num_levels)
   options = dict(
@@ -171,26 +214,30 @@ def _build(model, tasks, backbone, tower_hidden, dropout, num_levels, num_task_e
       expert_hidden=expert_hidden, dropout=dropout,
       gate_hidden=check_gate_options(model, gate_bias, gate_hidden, gate_dropout),
       gate_bias=gate_bias, gate_dropout=float(gate_dropout))
+  per_task_inputs = check_per_task_inputs(model, per_task_inputs)
   return PLE(shared=PLETrunk(**options),
-             task=PLEHeads(**options, heads=TaskHeads(tasks, tuple(tower_hidden), dropout)),
-             model_name=model)
+             task=PLEHeads(**options, heads=TaskHeads(tasks, tuple(tower_hidden), dropout),
+                           per_task_inputs=per_task_inputs),
+             model_name=model, per_task_inputs=per_task_inputs)
 
 
-def _cgc(tasks, backbone, tower_hidden=(), dropout=0.0, num_task_experts=1,
-         num_shared_experts=1, gate_bias=False, gate_hidden=(), gate_dropout=0.0):
-  """CGC: per-task gates over [task k's experts; shared experts]; shared: shared experts."""
-  return _build('cgc', tasks, backbone, tower_hidden, dropout, 1, num_task_experts,
-                num_shared_experts, (), gate_bias, gate_hidden, gate_dropout)
-
-
-def _ple(tasks, backbone, tower_hidden=(), dropout=0.0, num_levels=2, num_task_experts=1,
-         num_shared_experts=1, expert_hidden=(32,), gate_bias=False, gate_hidden=(),
+def _cgc(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False,
+         num_task_experts=1, num_shared_experts=1, gate_bias=False, gate_hidden=(),
          gate_dropout=0.0):
+  """CGC: per-task gates over [task k's experts; shared experts]; shared: shared experts."""
+  return _build('cgc', tasks, backbone, tower_hidden, dropout, per_task_inputs, 1,
+                num_task_experts, num_shared_experts, (), gate_bias, gate_hidden, gate_dropout)
+
+
+def _ple(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False, num_levels=2,
+         num_task_experts=1, num_shared_experts=1, expert_hidden=(32,), gate_bias=False,
+         gate_hidden=(), gate_dropout=0.0):
   """PLE with DeepCTR's shared gate; levels >= 2 use MLP experts of widths expert_hidden."""
   hidden = check_widths('ple.expert_hidden', expert_hidden)
   check(len(hidden) > 0, 'ple.expert_hidden', 'must have at least one layer', expert_hidden)
-  return _build('ple', tasks, backbone, tower_hidden, dropout, num_levels, num_task_experts,
-                num_shared_experts, hidden, gate_bias, gate_hidden, gate_dropout)
+  return _build('ple', tasks, backbone, tower_hidden, dropout, per_task_inputs, num_levels,
+                num_task_experts, num_shared_experts, hidden, gate_bias, gate_hidden,
+                gate_dropout)
 
 
 BUILDERS = {'cgc': _cgc, 'ple': _ple}

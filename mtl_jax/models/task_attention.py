@@ -33,6 +33,14 @@ that mix the tasks, so it is shared too); 'task' = the towers.
 
 Representation split: ``representation(x) = Z''`` [B, T, d_s]; ``heads`` sends token t to tower
 t (with ``stacked=True``, z is [T, B, T, d_s] and task t reads only z[t][:, t]).
+
+One input per task (``per_task_inputs``; inputs [B, T, ...], task t's at [:, t]): the trunk runs
+on all T B inputs at once (as ``SharedBottom``'s trunk, T times the cost); on x_t it forms all
+T task tokens of x_t and attends across them, and tower t reads token t of x_t:
+z[:, t] = Z''(x_t)[:, t] (z keeps the layout [B, T, d_s], the other tokens are dropped), so y_t
+depends on x_t only and the heads are unchanged.  The cross-task exchange stays within one
+example (the tasks' subspaces of x_t), never between the unrelated examples that share a batch
+position.  The parameters are the shared-input model's (equal inputs give its predictions).
 """
 
 import flax.linen as nn
@@ -40,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtl_jax.models.common import check
+from mtl_jax.models.experts import check_per_task_inputs, fold_tasks, unfold_tasks
 from mtl_jax.models.heads import TaskHeads
 from mtl_jax.models.stacked import Stacked
 
@@ -113,10 +122,17 @@ class TaskAttention(nn.Module):
   """``shared``: a ``TaskAttentionTrunk``; ``task``: ``TaskHeads`` (tower t reads token t)."""
   shared: TaskAttentionTrunk
   task: TaskHeads
+  per_task_inputs: bool = False
 
   def representation(self, x, train: bool = False):
-    """Z'' [B, T, d_s] (shared parameters only)."""
-    return self.shared(x, train)
+    """Z'' [B, T, d_s] (shared parameters only; per-task inputs: token t of Z''(x_t) at
+    [:, t])."""
+    if not self.per_task_inputs:
+      return self.shared(x, train)
+    num = self.shared.num_tasks
+    z = unfold_tasks(self.shared(fold_tasks('task_attention', x, num), train), num)
+    index = np.arange(num)
+    return jnp.swapaxes(z[index, :, index], 0, 1)            # [T, B, T, d_s] -> [B, T, d_s]
 
   def heads(self, z, train: bool = False, stacked: bool = False, inputs=None):
     """Predictions from Z'' [B, T, d_s], or with ``stacked`` from one copy per task
@@ -132,8 +148,9 @@ class TaskAttention(nn.Module):
     return self.heads(self.representation(x, train), train)
 
 
-def build_task_attention(tasks, backbone, tower_hidden=(), dropout=0.0, subspace_dim=32,
-                         num_heads=4, num_blocks=1, mask='none', token_attention=False):
+def build_task_attention(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False,
+                         subspace_dim=32, num_heads=4, num_blocks=1, mask='none',
+                         token_attention=False):
   """Cross-task attention over per-task subspace tokens (optionally per-task token attention
   first); see the module docstring."""
   check(type(subspace_dim) is int and subspace_dim >= 1, 'task_attention.subspace_dim',
@@ -149,7 +166,8 @@ def build_task_attention(tasks, backbone, tower_hidden=(), dropout=0.0, subspace
         'must be a bool', token_attention)
   trunk = TaskAttentionTrunk(backbone, len(tasks), subspace_dim, num_heads, num_blocks, mask,
                              token_attention)
-  return TaskAttention(shared=trunk, task=TaskHeads(tasks, tuple(tower_hidden), dropout))
+  return TaskAttention(shared=trunk, task=TaskHeads(tasks, tuple(tower_hidden), dropout),
+                       per_task_inputs=check_per_task_inputs('task_attention', per_task_inputs))
 
 
 BUILDERS = {'task_attention': build_task_attention}
