@@ -19,7 +19,7 @@ demo: install
 	$(PY) -m mtl_jax.main --config=mtl_jax/configs/synthetic.py --workdir=runs/demo
 
 test: install
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=10 tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=30 tests
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

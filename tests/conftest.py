@@ -3,8 +3,20 @@
 import os
 import subprocess
 import sys
+import tempfile
+import uuid
 
-from mtl_jax.configs import tiny as tiny_module
+# One persistent XLA compilation cache for the whole test session (the xdist workers and the
+# subprocesses the tests start): many tests compile the same tiny programs.  Set before JAX
+# compiles anything; a fresh directory per session, so nothing carries over between runs.
+_RUN = os.environ.get('PYTEST_XDIST_TESTRUNUID') or os.environ.setdefault(
+    'MTL_JAX_TEST_RUN', uuid.uuid4().hex)
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      os.path.join(tempfile.gettempdir(), f'mtl_jax_test_cache_{_RUN}'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+
+from mtl_jax.configs import tiny as tiny_module  # pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
