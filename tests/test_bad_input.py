@@ -143,3 +143,24 @@ def test_unknown_config_key_names_the_field():
   with pytest.raises(config_validation.ConfigError, match='config.optim.learning_rate: unknown'):
     config_validation.validate(config)
 
+
+
+def test_labels_out_of_range_name_the_data_set_split_and_task():
+  tasks = T.TaskSet([T.binary('smiling'), T.multiclass('digit', 10)])
+  split = {'inputs': np.zeros((4, 2), np.float32),
+           'labels': {'smiling': np.array([0.0, 1.0, 2.0, 0.0]), 'digit': np.arange(4)}}
+  from mtl_jax.data import MultiTaskDataset, RecordSource
+  with pytest.raises(ValueError, match=r"data set 'faces', split 'train': task 'smiling': "
+                                       r'binary labels must be in \[0, 1\]'):
+    MultiTaskDataset('faces', tasks, {'train': split})
+  split['labels']['smiling'] = np.array([0.0, 1.0, 1.0, 0.0])
+  split['labels']['digit'] = np.array([1, 10, 2, 3])
+  with pytest.raises(ValueError, match=r"split 'test': task 'digit': class labels must be "
+                                       r'integers in \[0, 10\)'):
+    MultiTaskDataset('faces', tasks, {'test': split})
+  # A masked-out label is not checked (it is missing).
+  MultiTaskDataset('faces', tasks, {'test': dict(split, masks={'digit': np.arange(4) != 1})})
+  # A lazy split is checked on its first record when the data set is built.
+  rows = [{'inputs': np.zeros(2, np.float32), 'labels': {'smiling': 3.0, 'digit': 0}}]
+  with pytest.raises(ValueError, match=r"split 'val': task 'smiling'"):
+    MultiTaskDataset('faces', tasks, {'val': RecordSource(rows, lambda r: r, 'faces/val')})

@@ -87,12 +87,17 @@ def test_a_record_source_gives_the_same_batches_as_its_arrays():
     np.testing.assert_array_equal(a['labels']['y'], b['labels']['y'])
 
 
-def test_worker_processes_give_the_same_stream():
+def test_worker_processes_give_the_same_stream_and_resume():
   split = _split(30)
   expected = BatchIterator(split, batch_size=7, seed=5)
   workers = BatchIterator(_records(split), batch_size=7, seed=5, worker_count=2)
-  for _ in range(6):
+  for _ in range(3):
     np.testing.assert_array_equal(next(workers)['inputs'], next(expected)['inputs'])
+  state = json.loads(json.dumps(workers.get_state()))
+  resumed = BatchIterator(_records(split), batch_size=7, seed=5, worker_count=2)
+  resumed.set_state(state)
+  for _ in range(4):
+    np.testing.assert_array_equal(next(resumed)['inputs'], next(expected)['inputs'])
 
 
 def test_eval_batches_cover_the_split_once_and_shard_over_processes():
