@@ -129,3 +129,14 @@ def test_rmse_finalizes_with_sqrt():
                            {'inputs': np.zeros((20, 1)), 'labels': {'r': y}})
   got = tasks.finalize_metrics(sums)['r']['rmse']
   np.testing.assert_allclose(got, np.sqrt(((pred - y) ** 2).mean()), rtol=1e-5)
+
+
+def test_delta_m_signs_each_metric_by_its_direction():
+  from mtl_jax.metrics import delta_m
+  metrics = {'seg': {'accuracy': 0.66, 'loss': 9.0}, 'depth': {'mse': 0.9}}
+  baselines = {'seg': {'accuracy': 0.60, 'loss': 1.0, 'count': 5}, 'depth': {'mse': 1.0}}
+  higher = {'seg': {'accuracy': True, 'loss': False}, 'depth': {'mse': False}}
+  # accuracy +10% (better: -10), mse -10% (better: -10); the loss and count are skipped.
+  np.testing.assert_allclose(delta_m(metrics, baselines, higher), -10.0)
+  with pytest.raises(ValueError, match='no metric'):
+    delta_m({}, {'seg': {'loss': 1.0}}, higher)

@@ -34,9 +34,12 @@ def _batch(size=16, seed=0):
 
 def _grads(model, params, batch, cotangent):
   """sum_t cotangent_t grad L_t by jax.grad of the explicit weighted sum."""
-  f = lambda p: jnp.dot(cotangent, TASKS.losses(model.apply({'params': p}, batch['inputs']),
-                                                batch))
-  return jax.grad(f)(params)
+  @jax.jit
+  def grads(params, batch, cotangent):
+    f = lambda p: jnp.dot(cotangent, TASKS.losses(model.apply({'params': p}, batch['inputs']),
+                                                  batch))
+    return jax.grad(f)(params)
+  return grads(params, batch, cotangent)
 
 
 def test_half_missing_labels_give_the_labelled_half_gradient():
@@ -44,7 +47,7 @@ def test_half_missing_labels_give_the_labelled_half_gradient():
   task on a batch holding just the labelled half; the NaN labels of the other half are
   ignored, and the other tasks still use the whole batch."""
   model, batch = _model(), _batch()
-  params = model.init(jax.random.PRNGKey(0), batch['inputs'])['params']
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), batch['inputs'])['params']
   missing = dict(batch, labels=dict(batch['labels']), masks=dict(batch['masks']))
   missing['labels']['b'] = np.where(np.arange(16) < 8, batch['labels']['b'], np.nan)
   missing['masks']['b'] = np.arange(16) < 8
@@ -63,7 +66,8 @@ def test_half_missing_labels_give_the_labelled_half_gradient():
   new_state, metrics = make_train_step(model, TASKS, optimizer, weighting.get('ew'),
                                        donate=False)(state, missing)
   assert int(metrics['rejected']) == 0
-  losses_half = TASKS.losses(model.apply({'params': params}, half['inputs']), half)
+  losses_half = jax.jit(lambda p, b: TASKS.losses(model.apply({'params': p}, b['inputs']), b))(
+      params, half)
   np.testing.assert_allclose(metrics['losses'][1], losses_half[1], rtol=1e-5)
   expected = jax.tree.map(lambda p, g: p - 0.1 * g, params,
                           _grads(model, params, missing, jnp.ones(NUM)))
@@ -72,7 +76,7 @@ def test_half_missing_labels_give_the_labelled_half_gradient():
 
 def _subset_run(method, subset, mode='param', stacked=True):
   model, batch = _model(), _batch()
-  params = model.init(jax.random.PRNGKey(1), batch['inputs'])['params']
+  params = jax.jit(model.init)(jax.random.PRNGKey(1), batch['inputs'])['params']
   losses_fn = lambda p: (TASKS.losses(model.apply({'params': p}, batch['inputs']), batch), {})
   rep_fn = lambda shared: (model.apply({'params': {'shared': shared, 'task': params['task']}},
                                        batch['inputs'], method='representation'), {})
@@ -87,7 +91,7 @@ def _subset_run(method, subset, mode='param', stacked=True):
       rep_fn=rep_fn, head_fn=head_fn,
       stacked_head_fn=(lambda z, t: head_fn(z, t, stacked=True)) if stacked else None,
       num_tasks=NUM, mode=mode, subset=s))(params, jnp.asarray(subset))
-  jac = jax.jacrev(lambda p: losses_fn(p)[0])(params)
+  jac = jax.jit(jax.jacrev(lambda p: losses_fn(p)[0]))(params)
   return out, jac
 
 

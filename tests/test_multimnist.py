@@ -117,23 +117,34 @@ def test_lenet_encoders_have_the_reference_shapes(variant, size, flat):
     models.get_backbone('lenet', variant='alexnet')
 
 
-def test_multimnist_trains_through_the_cli_with_baselines(tmp_path):
+def test_multimnist_trains_through_the_cli(tmp_path):
   workdir = tmp_path / 'run'
   cmd = [sys.executable, '-m', 'mtl_jax.main', '--config=mtl_jax/configs/multimnist.py',
          f'--workdir={workdir}', '--config.train.steps=4', '--config.train.batch_size=16',
          '--config.data.multimnist.pairs_per_digit=1', '--config.eval.batch_size=500',
-         '--config.eval.splits=("test",)', '--config.train.checkpoint_every=4']
+         '--config.eval.splits=("test",)', '--config.train.checkpoint_every=4',
+         '--config.eval.baselines=False']
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads((workdir / 'results.json').read_text())
-  assert results['tasks'] == ['left', 'right']
-  assert set(results['baselines']) == {'left', 'right'}
+  assert results['tasks'] == ['left', 'right'] and results['train_step_traces'] == 1
   for task in ('left', 'right'):
     assert results['metrics'][task]['count'] == 1000
-    assert 0 <= results['baselines'][task]['accuracy'] <= 1
-  # Delta-m over the two accuracies (higher is better), recomputed from the numbers.
-  expected = -100 * np.mean([(results['metrics'][t]['accuracy'] -
-                              results['baselines'][t]['accuracy']) /
-                             results['baselines'][t]['accuracy'] for t in ('left', 'right')])
+    assert 0 <= results['metrics'][task]['accuracy'] <= 1
+
+
+def test_single_task_baselines_and_delta_m(tmp_path):
+  """``eval.baselines``: each task trained alone by the same code, and Delta-m% recomputed
+  from the reported numbers (tiny synthetic data: two regressions, mse and mae)."""
+  from mtl_jax import train
+  from tests.conftest import tiny_config
+  results = train.train_and_evaluate(
+      tiny_config(**{'eval.baselines': True, 'train.steps': 6, 'eval.splits': ('test',)}),
+      str(tmp_path))
+  assert set(results['baselines']) == {'y1', 'y2'}
+  alone = json.loads((tmp_path / 'baselines' / 'y2' / 'results.json').read_text())
+  assert alone['tasks'] == ['y2'] and alone['model'] == 'shared_bottom'
+  assert results['baselines']['y2'] == alone['metrics']['y2']
+  m, b = results['metrics'], results['baselines']
+  expected = 100 * np.mean([(m[t][k] - b[t][k]) / b[t][k] for t in b for k in ('mse', 'mae')])
   np.testing.assert_allclose(results['delta_m'], expected, rtol=1e-6)
-  assert (workdir / 'baselines' / 'left' / 'results.json').exists()
