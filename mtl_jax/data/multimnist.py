@@ -7,7 +7,9 @@ Digits come from (``source``):
   composed (stratified, from ``seed``), so no digit appears in two splits.
 * ``'mnist'`` / ``'fashion_mnist'``: the tfds data sets, read with ``tfds.data_source`` from
   ``data_dir`` (prepared beforehand, ``file_format='array_record'``); their train digits are
-  split into train / val, their test digits give the test split.
+  split into train / val, their test digits give the test split.  Reading needs no
+  TensorFlow; tfds's own builders encode these images as PNG with TensorFlow, so preparing
+  them (``tfds build mnist --file_format=array_record``) does.
 
 Composition (shared/reference/benchmarks.md (d)), every digit of a split is the left digit of
 ``pairs_per_digit`` composites, each with a partner drawn from the same split:
