@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -107,11 +106,7 @@ def pretrained_params(config, workdir: str):
   ``workdir/pretrain``, itself checkpointed and resumable).  None if neither is set."""
   t = config.transfer
   if t.pretrain_task:
-    pre = ml_collections.ConfigDict(config.to_dict())
-    pre.name = f'{config.name}-pretrain-{t.pretrain_task}'
-    pre.data.tasks = (t.pretrain_task,)
-    pre.model.name = 'shared_bottom'
-    pre.weighting.name = 'ew'
+    pre = single_task_config(config, t.pretrain_task, 'pretrain')
     pre.train.steps = t.pretrain_steps
     pre.transfer.pretrain_task, pre.transfer.freeze, pre.transfer.lr_ratio = '', False, 1.0
     print(f'pretraining the encoder on task {t.pretrain_task!r} for {t.pretrain_steps} steps')
@@ -154,17 +149,19 @@ def _print_table(tasks: TaskSet, results: dict, file=None) -> None:
     print(line(r), file=file)
 
 
-def baseline_config(config: ml_collections.ConfigDict, task: str) -> ml_collections.ConfigDict:
-  """The single-task baseline of ``task``: shared_bottom with one head, trained with 'ew' by
-  the same code, backbone, optimiser, schedule, steps and seed."""
-  base = ml_collections.ConfigDict(config.to_dict())
-  base.name = f'{config.name}-baseline-{task}'
-  base.data.tasks = (task,)
-  base.model.name = 'shared_bottom'
-  base.weighting.name = 'ew'
-  base.train.task_sampling = 0
-  base.eval.baselines = False
-  return base
+def single_task_config(config: ml_collections.ConfigDict, task: str,
+                       role: str) -> ml_collections.ConfigDict:
+  """``config`` for ``task`` alone: shared_bottom with one head, trained with 'ew' by the
+  same code, backbone, optimiser, schedule, steps and seed (a single-task baseline, or the
+  encoder pretraining of ``config.transfer``); named ``<name>-<role>-<task>``."""
+  one = ml_collections.ConfigDict(config.to_dict())
+  one.name = f'{config.name}-{role}-{task}'
+  one.data.tasks = (task,)
+  one.model.name = 'shared_bottom'
+  one.weighting.name = 'ew'
+  one.train.task_sampling = 0
+  one.eval.baselines = False
+  return one
 
 
 def train_baselines(config: ml_collections.ConfigDict, tasks: TaskSet, workdir: str) -> dict:
@@ -173,7 +170,7 @@ def train_baselines(config: ml_collections.ConfigDict, tasks: TaskSet, workdir: 
   out = {}
   for task in tasks.names:
     print(f'single-task baseline for {task!r}')
-    results = train_and_evaluate(baseline_config(config, task),
+    results = train_and_evaluate(single_task_config(config, task, 'baseline'),
                                  os.path.join(workdir, 'baselines', task))
     out[task] = results['metrics'][task]
   return out

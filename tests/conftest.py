@@ -39,6 +39,19 @@ def tiny_config(**overrides):
   return c
 
 
+def train_tiny(workdir, **overrides):
+  """``train_and_evaluate`` on ``tiny_config(**overrides)`` (10 steps unless overridden);
+  checks that every step was taken and kept and that every test metric is finite."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from mtl_jax import train  # pylint: disable=import-outside-toplevel
+  config = tiny_config(**{'train.steps': 10, **overrides})
+  results = train.train_and_evaluate(config, str(workdir))
+  assert results['steps'] == config.train.steps and results['rejected_steps'] == 0
+  values = [v for m in results['metrics'].values() for v in m.values()]
+  assert values and np.all(np.isfinite(values))
+  return results
+
+
 def run_python(args, env=None, timeout=300, **kwargs):
   """Runs ``python args`` from the repository root; returns the CompletedProcess."""
   full_env = dict(os.environ, PYTHONUNBUFFERED='1', JAX_PLATFORMS='cpu', **(env or {}))

@@ -37,7 +37,6 @@ import gzip
 import os
 from typing import Iterator, Optional
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -210,13 +209,6 @@ class CensusIncomeKdd(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    """This file.  (tfds's default looks the package up with ``importlib_resources``, which
-    tfds 4.9.10 needs but does not install; no checksums are used: nothing is downloaded.)"""
-    return epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(

@@ -7,7 +7,7 @@ records (one example each, the same layout without the batch axis), e.g. over a 
 """
 
 import dataclasses
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import jax
 import numpy as np

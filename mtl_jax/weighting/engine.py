@@ -117,7 +117,6 @@ def task_gradients(method: Weighting, params, state, key, step, *, losses_fn: Ca
     raise ValueError(f'task sampling needs a stateless weighting; {method.name!r} keeps '
                      'per-task state')
   pick = (lambda x: x) if subset is None else (lambda x: x[subset])
-  pick_rows = lambda tree: jax.tree.map(pick, tree)
 
   if method.needs is Needs.LOSSES:
     all_losses, vjp_fn, aux = jax.vjp(losses_fn, params, has_aux=True)
