@@ -1,13 +1,21 @@
-"""mtl_jax: multi-task learning in JAX, on pure jit-compiled train steps."""
+"""mtl_jax: multi-task learning in JAX, on pure jit-compiled train steps.
 
-from mtl_jax import data, losses, metrics, models, parallel, tasks, weighting
-from mtl_jax.step import (TrainState, evaluate, init_train_state, make_eval_step,
-                          make_train_step)
-from mtl_jax.tasks import Task, TaskSet
+Public modules: ``weighting`` (methods, ``combine``, ``as_optax``, the engine), ``models``
+(architectures and backbones), ``data`` (data sets and the pipeline), ``tasks``, ``losses``,
+``metrics``, ``parallel``, ``transfer`` and ``train`` (the run loop).  The implementation
+lives in ``mtl_jax._src`` and may change without notice.
+"""
+
+from mtl_jax import data, losses, metrics, models, parallel, tasks, train, transfer, weighting
+from mtl_jax._src.step import (TrainState, evaluate, init_train_state, make_eval_step,
+                               make_train_step)
+from mtl_jax._src.tasks import Task, TaskSet
+from mtl_jax._src.train import train_and_evaluate
 
 __version__ = '0.1.0'
 
 __all__ = [
     'Task', 'TaskSet', 'TrainState', 'data', 'evaluate', 'init_train_state', 'losses',
-    'make_eval_step', 'make_train_step', 'metrics', 'models', 'parallel', 'tasks', 'weighting',
+    'make_eval_step', 'make_train_step', 'metrics', 'models', 'parallel', 'tasks', 'train',
+    'train_and_evaluate', 'transfer', 'weighting',
 ]

@@ -1,47 +1,5 @@
-"""Data parallelism over a one-axis ``Mesh``: batch sharded over ``'data'``, state replicated."""
+"""Meshes and shardings for data-parallel training with ``jax.jit`` (one or many hosts)."""
 
-import jax
-import numpy as np
+from mtl_jax._src.parallel import data_sharded, make_mesh, replicate, replicated, shard_batch
 
-P = jax.sharding.PartitionSpec
-
-
-def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
-  """A ``('data',)`` mesh over the first ``num_devices`` devices (0: all of them)."""
-  devices = jax.devices()
-  if num_devices < 0 or num_devices > len(devices):
-    raise ValueError(f'num_devices must be in [0, {len(devices)}], got {num_devices}')
-  devices = devices[:num_devices or len(devices)]
-  return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices)
-
-
-def replicated(mesh):
-  return jax.sharding.NamedSharding(mesh, P())
-
-
-def data_sharded(mesh):
-  return jax.sharding.NamedSharding(mesh, P('data'))
-
-
-def replicate(tree, mesh):
-  """Places every leaf of ``tree`` on all devices of ``mesh``."""
-  return jax.device_put(tree, replicated(mesh))
-
-
-def shard_batch(batch, mesh):
-  """Splits the leading (batch) axis of every leaf over the mesh's ``'data'`` axis.
-
-  Each process passes its local part of the global batch.
-  """
-  sharding = data_sharded(mesh)
-  size = mesh.shape['data']
-
-  def put(path, x):
-    x = np.asarray(x)
-    if x.ndim == 0 or x.shape[0] % size:
-      raise ValueError(f'batch{jax.tree_util.keystr(path)}: leading size {x.shape[:1]} is not '
-                       f"divisible by the {size} devices of the mesh's 'data' axis")
-    return jax.make_array_from_process_local_data(sharding, x)
-
-  return jax.tree_util.tree_map_with_path(put, batch)
+__all__ = ['data_sharded', 'make_mesh', 'replicate', 'replicated', 'shard_batch']

@@ -12,10 +12,10 @@ import optax
 import pytest
 
 from mtl_jax import models, tasks as T, train, weighting
-from mtl_jax.config_validation import ConfigError
-from mtl_jax.models.adversarial import orthogonality
-from mtl_jax.models.gradient_reversal import dann_schedule, reverse_gradient
-from mtl_jax.step import init_train_state, make_train_step
+from mtl_jax._src.config_validation import ConfigError
+from mtl_jax._src.models.adversarial import orthogonality
+from mtl_jax._src.models.gradient_reversal import dann_schedule, reverse_gradient
+from mtl_jax._src.step import init_train_state, make_train_step
 from tests.conftest import tiny_config, train_tiny
 
 KINDS = [T.regression('r'), T.binary('b'), T.multiclass('c', 3), T.regression('s', 2)]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mtl_jax import config_validation, tasks as T, weighting
+from mtl_jax._src import config_validation, tasks as T, weighting
 from mtl_jax.data import make_synthetic
 from tests.conftest import tiny_config
 

@@ -8,8 +8,9 @@ import pytest
 tfds = pytest.importorskip('tensorflow_datasets')
 
 from mtl_jax import models, weighting  # pylint: disable=g-import-not-at-top
-from mtl_jax.data import BatchIterator, RecordSource, celeb_a, take
-from mtl_jax.step import init_train_state, make_train_step
+from mtl_jax.data import BatchIterator, RecordSource, take
+from mtl_jax._src.data import celeb_a
+from mtl_jax._src.step import init_train_state, make_train_step
 
 NOWHERE = '/nonexistent/tfds_celeb_a'
 

@@ -6,7 +6,7 @@ import pytest
 tfds = pytest.importorskip('tensorflow_datasets')
 
 from mtl_jax.data import BatchIterator, take  # pylint: disable=g-import-not-at-top
-from mtl_jax.data import census_income as ci
+from mtl_jax._src.data import census_income as ci
 
 # A row of constants; the rows below override a few columns.
 BASE = {c: 'Not in universe' for c in ci.COLUMNS}

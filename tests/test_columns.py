@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mtl_jax import models, tasks as T
-from mtl_jax.models.heads import TaskHeads
+from mtl_jax._src.models.heads import TaskHeads
 from tests.conftest import train_tiny
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mtl_jax.data import make_synthetic, num_examples
-from mtl_jax.data.synthetic import PRESETS, task_vectors
+from mtl_jax._src.data.synthetic import PRESETS, task_vectors
 
 
 @pytest.mark.parametrize('num_tasks,p', [(2, 0.5), (2, -1.0), (2, 1.0), (5, 0.3), (4, -1 / 3)])

@@ -9,9 +9,9 @@ import optax
 import pytest
 
 from mtl_jax import models, tasks as T, weighting
-from mtl_jax.step import init_train_state, make_train_step
-from mtl_jax.weighting import engine
-from mtl_jax.weighting.base import Needs, Weighting, WeightingResult
+from mtl_jax._src.step import init_train_state, make_train_step
+from mtl_jax._src.weighting import engine
+from mtl_jax._src.weighting.base import Needs, Weighting, WeightingResult
 
 TASKS = T.TaskSet([T.regression('a'), T.regression('b'), T.multiclass('c', 3)])
 ALPHA = jnp.array([0.3, 1.7, 0.6])
@@ -144,7 +144,7 @@ def test_loss_only_methods_cost_one_backward_pass():
 
 def test_optax_adapter_chains_in_front_of_an_optimizer():
   jac = {'w': jnp.array([[1.0, 0.0], [0.0, 2.0]])}
-  tx = optax.chain(weighting.optax_adapter.as_optax(weighting.get('static', weights=[2.0, 0.5]),
+  tx = optax.chain(weighting.as_optax(weighting.get('static', weights=[2.0, 0.5]),
                                                     num_tasks=2), optax.sgd(1.0))
   params = {'w': jnp.zeros(2)}
   state = tx.init(params)

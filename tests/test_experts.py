@@ -11,8 +11,8 @@ import pytest
 
 from mtl_jax import models, train
 from mtl_jax import tasks as T
-from mtl_jax.config_validation import ConfigError
-from mtl_jax.models import dselect_k as dsk
+from mtl_jax._src.config_validation import ConfigError
+from mtl_jax._src.models import dselect_k as dsk
 from tests.conftest import tiny_config
 
 NAMES = ('omoe', 'mmoe', 'dselect_k', 'cgc', 'ple')

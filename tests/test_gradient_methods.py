@@ -8,7 +8,7 @@ import pytest
 from scipy import optimize
 
 from mtl_jax import weighting
-from mtl_jax.weighting.gradient_based import pcgrad_orders
+from mtl_jax._src.weighting.gradient_based import pcgrad_orders
 
 KEY = jax.random.PRNGKey(3)
 

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtl_jax.weighting.base import Needs, WeightingInputs
-from mtl_jax.weighting.loss_based import dwa, famo, gls, rlw, uw
+from mtl_jax._src.weighting.base import Needs, WeightingInputs
+from mtl_jax._src.weighting.loss_based import dwa, famo, gls, rlw, uw
 
 KEY = jax.random.PRNGKey(0)
 

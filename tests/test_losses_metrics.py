@@ -123,7 +123,8 @@ def test_eval_metrics_over_padded_batches_match_numpy():
 
 def test_rmse_finalizes_with_sqrt():
   from mtl_jax import metrics
-  tasks = T.TaskSet([T.Task('r', 'regression', 1, T.losses_lib.squared_error, (metrics.RMSE,))])
+  from mtl_jax import losses as losses_lib
+  tasks = T.TaskSet([T.Task("r", "regression", 1, losses_lib.squared_error, (metrics.RMSE,))])
   pred, y = RNG.normal(size=(20, 1)), RNG.normal(size=(20, 1))
   sums = tasks.metric_sums({'r': pred.astype(np.float32)},
                            {'inputs': np.zeros((20, 1)), 'labels': {'r': y}})
@@ -132,7 +133,7 @@ def test_rmse_finalizes_with_sqrt():
 
 
 def test_delta_m_signs_each_metric_by_its_direction():
-  from mtl_jax.metrics import delta_m
+  from mtl_jax._src.metrics import delta_m
   metrics = {'seg': {'accuracy': 0.66, 'loss': 9.0}, 'depth': {'mse': 0.9}}
   baselines = {'seg': {'accuracy': 0.60, 'loss': 1.0, 'count': 5}, 'depth': {'mse': 1.0}}
   higher = {'seg': {'accuracy': True, 'loss': False}, 'depth': {'mse': False}}

@@ -8,8 +8,8 @@ import optax
 import pytest
 
 from mtl_jax import models, tasks as T, weighting
-from mtl_jax.step import init_train_state, make_train_step
-from mtl_jax.weighting import engine
+from mtl_jax._src.step import init_train_state, make_train_step
+from mtl_jax._src.weighting import engine
 
 TASKS = T.TaskSet([T.regression('a'), T.regression('b'), T.multiclass('c', 3),
                    T.binary('d')])

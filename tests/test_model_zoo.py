@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from mtl_jax import models, tasks as T, train
-from mtl_jax.config_validation import ConfigError
-from mtl_jax.data.synthetic import make_synthetic
+from mtl_jax._src.config_validation import ConfigError
+from mtl_jax._src.data.synthetic import make_synthetic
 from tests.conftest import run_python, tiny_config
 
 TASKS = T.TaskSet([T.regression('a'), T.multiclass('b', 3), T.binary('c')])
@@ -146,7 +146,7 @@ def test_per_task_synthetic_data_and_training(tmp_path):
 
 def test_unknown_model_option_names_the_field(tmp_path):
   with pytest.raises(ConfigError, match=r'config.model.shared_bottom.experts: unknown config key'):
-    from mtl_jax import config_validation
+    from mtl_jax._src import config_validation
     config = tiny_config()
     config.unlock()
     config.model.shared_bottom.experts = 3
@@ -154,8 +154,8 @@ def test_unknown_model_option_names_the_field(tmp_path):
 
 
 def test_vmapped_independent_equals_separate_networks():
-  from mtl_jax.models.heads import Tower
-  from mtl_jax.models.mlp import MLP
+  from mtl_jax._src.models.heads import Tower
+  from mtl_jax._src.models.mlp import MLP
   model, batch = _model('independent'), _batch()
   variables = _init(model, batch)
   preds = model.apply(variables, batch['inputs'])

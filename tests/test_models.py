@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtl_jax import models, tasks as T
-from mtl_jax.models.heads import StackedTowers, Tower
+from mtl_jax._src.models.heads import StackedTowers, Tower
 
 
 def test_stacked_towers_equal_towers_applied_one_by_one():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mtl_jax import models
-from mtl_jax.models.heads import TaskHeads
+from mtl_jax._src.models.heads import TaskHeads
 from tests.conftest import train_tiny
 from tests.test_columns import (TinyConv, at_most_one_task, backbone_and_input_shape,
                                 fake_init, mixed_tasks, per_task_jacobian, regressions,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mtl_jax import models, tasks as T
-from mtl_jax.data import multimnist
+from mtl_jax._src.data import multimnist
 
 
 @pytest.fixture(scope='module')

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from mtl_jax import models, tasks as T, weighting
-from mtl_jax.step import TrainState, make_train_step
+from mtl_jax._src.step import TrainState, make_train_step
 
 TASKS = T.TaskSet([T.regression('a'), T.multiclass('b', 3), T.binary('c')])
 NUM, B, D = len(TASKS), 4, 6

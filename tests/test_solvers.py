@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize, nnls
 
-from mtl_jax.weighting import solvers
+from mtl_jax._src.weighting import solvers
 
 SIZES = (2, 3, 5, 8, 16)
 BATCH = 8

@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mtl_jax import train
-from mtl_jax.config_validation import ConfigError
+from mtl_jax._src.config_validation import ConfigError
 from tests.conftest import run_python, tiny_config
 
 RESULT_KEYS = {'config_name', 'tasks', 'metrics', 'split_metrics', 'higher_is_better', 'model',
@@ -97,7 +97,7 @@ def test_resume_with_a_changed_config_is_refused(tmp_path):
 
 
 def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
-  from mtl_jax.writers import MetricWriter
+  from mtl_jax._src.writers import MetricWriter
   with open(tmp_path / 'metrics.jsonl', 'w') as f:
     f.write('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.5}\n{"step": 3, "lo')
   writer = MetricWriter(str(tmp_path), resume_step=2)

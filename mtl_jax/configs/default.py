@@ -3,8 +3,8 @@
 import ml_collections
 from ml_collections import config_dict
 
-from mtl_jax import models
-from mtl_jax.data import loaders
+from mtl_jax._src import models
+from mtl_jax._src.data import loaders
 
 
 def _block(**values) -> ml_collections.ConfigDict:

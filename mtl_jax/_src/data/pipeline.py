@@ -1,0 +1,101 @@
+"""The input pipeline, on grain, over any split: in-memory arrays or a lazy ``RecordSource``.
+
+Training batches (``BatchIterator``)::
+
+    range(N)[process shard] -> shuffle(seed, a new permutation each epoch)
+        -> batch(B / processes, drop_remainder=True) -> repeat(num_epochs) -> read
+
+The pipeline runs over example *indices*; ``read`` gathers a whole batch at once (one fancy
+index of the arrays, or the records of a source, stacked).  Each process reads a disjoint
+``1 / process_count`` share of the examples (multi-host data parallelism), and its position
+is grain's iterator state, a small dict that the checkpoints store as JSON.
+
+Evaluation batches (``eval_batches``) visit every example once, in order, the last batch
+padded with masks 0, so that one compiled eval step serves a whole split.
+"""
+
+from typing import Iterator, Mapping, Optional
+
+from absl import flags
+import grain
+import numpy as np
+
+from mtl_jax._src.data.dataset import num_examples, take, with_all_masks
+from mtl_jax._src.tasks import TaskSet
+
+
+class BatchIterator:
+  """Endless (or ``num_epochs``) shuffled training batches; ``get_state``/``set_state``.
+
+  Args:
+    split: a split (arrays or ``RecordSource``).
+    batch_size: the global batch; each of ``process_count`` processes yields
+      ``batch_size / process_count`` rows from its own share of the examples.
+    seed: the shuffle seed (epoch e uses a permutation drawn from (seed, e)).
+    shuffle: False for the examples in order.
+    num_epochs: None for endless batches.
+    worker_count: > 0 reads batches in that many worker processes (grain multiprocessing;
+      worth it for sources that decode images), 0 in this process.
+  """
+
+  def __init__(self, split, batch_size: int, seed: int, *, shuffle: bool = True,
+               num_epochs: Optional[int] = None, process_index: int = 0,
+               process_count: int = 1, worker_count: int = 0):
+    size = num_examples(split)
+    if batch_size % process_count or not 0 <= process_index < process_count:
+      raise ValueError(f'batch_size {batch_size} must split evenly over {process_count} '
+                       f'processes (process_index {process_index})')
+    local_size = size // process_count
+    local_batch = batch_size // process_count
+    if not 0 < local_batch <= local_size:
+      raise ValueError(f'batch_size must be in [1, {local_size * process_count}] for a split '
+                       f'of {size} examples over {process_count} process(es), got {batch_size}')
+    self.batch_size, self.seed = batch_size, seed
+    self.batches_per_epoch = local_size // local_batch  # each epoch's remainder is dropped
+    self._identity = {'seed': seed, 'batch_size': batch_size, 'num_examples': size,
+                      'process_count': process_count, 'shuffle': shuffle}
+    indices = grain.MapDataset.range(local_size * process_count)[process_index::process_count]
+    if shuffle:
+      indices = indices.seed(seed).shuffle()
+    batches = indices.batch(local_batch, drop_remainder=True).repeat(num_epochs)
+    dataset = batches.map(lambda index: with_all_masks(take(split, index)))
+    if worker_count:
+      if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (notebooks, pytest)
+        flags.FLAGS.mark_as_parsed()
+      dataset = dataset.to_iter_dataset().mp_prefetch(
+          grain.MultiprocessingOptions(num_workers=worker_count))
+    self._iterator = iter(dataset)
+
+  def __iter__(self) -> Iterator[dict]:
+    return self
+
+  def __next__(self) -> dict:
+    return next(self._iterator)
+
+  def get_state(self) -> dict:
+    """The position (grain's iterator state) and what it is valid for; JSON-serialisable."""
+    return {**self._identity, 'grain': self._iterator.get_state()}
+
+  def set_state(self, state: Mapping) -> None:
+    changed = [k for k, v in self._identity.items() if state.get(k) != v]
+    if changed:
+      raise ValueError('iterator state does not match this iterator: ' + ', '.join(
+          f'{k} {state.get(k)} != {self._identity[k]}' for k in changed))
+    self._iterator.set_state(state['grain'])
+
+
+def eval_batches(split, batch_size: int, tasks: TaskSet, *, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict]:
+  """Every example once, in order; the last batch is padded to ``batch_size`` with masks 0,
+  so that one compiled eval step serves the whole split.  With ``process_count > 1`` each
+  process yields its contiguous ``batch_size / process_count`` rows of every global batch.
+  """
+  size = num_examples(split)
+  local = batch_size // process_count
+  for start in range(0, size, batch_size):
+    index = np.arange(start, start + batch_size)[process_index * local:(process_index + 1) * local]
+    valid = index < size
+    batch = with_all_masks(take(split, np.minimum(index, size - 1)))
+    batch['masks'] = {n: np.asarray(batch['masks'][n]).astype(bool) & valid
+                      for n in tasks.names}
+    yield batch
