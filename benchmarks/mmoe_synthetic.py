@@ -4,7 +4,7 @@ OMoE vs MMoE, plus CGC and PLE, at task correlations p in {0.5, 0.9, 1.0}.
     .venv/bin/python benchmarks/mmoe_synthetic.py            # full run
     .venv/bin/python benchmarks/mmoe_synthetic.py --quick    # smoke test
 
-Sizes from shared/reference/benchmarks.md (a): input d = 100, two regression tasks,
+Sizes as in the MMoE paper's synthetic experiment: input d = 100, two regression tasks,
 10 000 / 1 000 / 1 000 examples, towers of width 8; MoE models: 8 single-layer experts of
 width 16 (CGC/PLE: 2 shared + 3 per task = 8 experts per level); Shared-Bottom: one shared
 layer of width 113 (about the same parameter count).  Squared loss, Adam, equal weights.

@@ -16,7 +16,7 @@ Every run goes through ``train.train_and_evaluate`` (the CLI's code path) on the
 data (``keras_mmoe`` preset).  The single-task baseline of task t is a shared-bottom network
 trained on task t alone (``data.tasks=(t,)``), same backbone, steps and seed.  Reported:
 test MSE/MAE per task (mean ± std over seeds), Delta-m% against the baselines
-(shared/reference/benchmarks.md (f): mean over all metrics of the signed relative change,
+(Maninis et al., CVPR 2019: mean over all metrics of the signed relative change,
 lower is better), parameter counts and the jitted step time (median over interleaved
 repeats, same process, same batch).
 
@@ -43,8 +43,8 @@ COMPARISONS = {
     'weighted_vs_gated': {'data': {}, 'models': {
         'weighted_sum': {'model.name': 'shared_bottom'},
         'gated': {'model.name': 'gated_fusion'}}},
-    'shared_vs_private_adversarial': {'data': {'data.per_task_inputs': True,
-                                               'data.domain_shift': 1.0}, 'models': {
+    'shared_vs_private_adversarial': {'data': {'data.synthetic.per_task_inputs': True,
+                                               'data.synthetic.domain_shift': 1.0}, 'models': {
         'shared_encoder': {'model.name': 'shared_bottom'},
         'private_attention_adversarial': {'model.name': 'adversarial',
                                           'model.adversarial.fusion': 'attention'}}},
@@ -58,11 +58,11 @@ def base_config(args, seed, overrides):
   c = default.get_config()
   c.name = 'seed_comparisons'
   c.seed = seed
-  c.data.num_tasks = args.tasks
-  c.data.correlation = args.correlation
-  c.data.preset = 'keras_mmoe'
-  c.data.input_dim = args.input_dim
-  c.data.sizes = tuple(args.sizes)
+  c.data.synthetic.num_tasks = args.tasks
+  c.data.synthetic.correlation = args.correlation
+  c.data.synthetic.preset = 'keras_mmoe'
+  c.data.synthetic.input_dim = args.input_dim
+  c.data.synthetic.sizes = tuple(args.sizes)
   c.data.seed = seed
   c.model.mlp.hidden = tuple(args.hidden)
   c.model.tower_hidden = (8,)

@@ -1,7 +1,7 @@
 """The two-task toy problem of CAGrad / Nash-MTL / FAMO, run for every weighting method.
 
-Objective, start points and per-method settings follow ``shared/reference/benchmarks.md``
-section (b).  Two protocols:
+Objective, start points and per-method settings follow the public code of CAGrad (Liu et al.,
+NeurIPS 2021) and Nash-MTL (Navon et al., ICML 2022).  Two protocols:
 
 * ``cagrad``: scale s = 1 on f1, 3 starts, Adam(1e-3) on x for 100 000 steps (CAGrad ``toy.py``).
 * ``nash``: s = 0.1, 5 starts, Adam(1e-3) for 35 000 steps (nash-mtl / FAMO ``trainer.py``).

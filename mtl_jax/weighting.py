@@ -2,24 +2,55 @@
 
 A method is a ``Weighting``: pure ``init(num_tasks)`` and ``update(inputs, state, key)``.
 
-* ``get(name, **hparams)``, ``names()``, ``hyperparameters(name)``: the registry.
+* ``get(name, **hparams)``, ``names()``, ``hyperparameters(name)``: the registry;
+  ``register(name)``: the decorator that adds a builder to it.
 * ``combine(method, jacobian, losses, state=..., key=...)``: a method on any task-stacked
   gradient the caller computed (no trainer needed); ``as_optax``: the same as an optax
   transformation in front of any optimizer.
-* ``jacobian``, ``gram``, ``weighted_sum``: the engine's per-task Jacobian (one vmapped
-  pullback), its Gram matrix J J^T and the combination alpha^T J.
+* ``jacobian``, ``rows``, ``gram``, ``weighted_sum``: the engine's per-task Jacobian (one
+  vmapped pullback), its Gram matrix J J^T and the combination alpha^T J.
 * ``solvers``: the jittable convex solvers (min-norm, non-negative QP, CAGrad, Nash-MTL).
+* ``task_gradients`` (with ``LossFns``, ``Options``, ``EngineOutput``): the train step's
+  engine, usable on any loss functions.
+* Every registered method's builder under its registry key (``names()`` lists them): ``ew``,
+  ``static``, ``uw``, ``dwa``, ``rlw``, ``gls``, ``si``, ``famo``, ``mgda``, ``pcgrad``,
+  ``cagrad``, ``nash_mtl``, ``imtl_g``, ``upgrad``, ``dualproj``, ``aligned_mtl``,
+  ``gradnorm``.
 """
 
-from mtl_jax._src.weighting import (Needs, Weighting, WeightingInputs, WeightingResult,
-                                    aligned_mtl, as_optax, cagrad, combine, dualproj, dwa, ew,
-                                    famo, get, gls, gradnorm, gram, hyperparameters, imtl_g,
-                                    jacobian, mgda, names, nash_mtl, pcgrad, rlw, solvers, static,
-                                    upgrad, uw, weighted_sum)
+from mtl_jax._src import registry as _registry
+from mtl_jax._src.weighting import methods as _methods  # registers every method
+from mtl_jax._src.weighting import solvers
+from mtl_jax._src.weighting.base import Needs
+from mtl_jax._src.weighting.base import Weighting
+from mtl_jax._src.weighting.base import WeightingInputs
+from mtl_jax._src.weighting.base import WeightingResult
+from mtl_jax._src.weighting.combine import combine
+from mtl_jax._src.weighting.engine import EngineOutput
+from mtl_jax._src.weighting.engine import LossFns
+from mtl_jax._src.weighting.engine import Options
+from mtl_jax._src.weighting.engine import OptionError
+from mtl_jax._src.weighting.engine import task_gradients
+from mtl_jax._src.weighting.jacobian import gram
+from mtl_jax._src.weighting.jacobian import jacobian
+from mtl_jax._src.weighting.jacobian import rows
+from mtl_jax._src.weighting.jacobian import weighted_sum
+from mtl_jax._src.weighting.optax_adapter import WeightingState
+from mtl_jax._src.weighting.optax_adapter import as_optax
+from mtl_jax._src.weighting.registry import get
+from mtl_jax._src.weighting.registry import hyperparameters
+from mtl_jax._src.weighting.registry import names
+
+register = _registry.WEIGHTINGS.register
+
+# Every registered method's builder under its name (``weighting.mgda(...)``): a new method
+# module appears here without an edit to this file.
+_BUILDERS = {name: _registry.WEIGHTINGS.builder(name) for name in names()}
+globals().update(_BUILDERS)
 
 __all__ = [
-    'Needs', 'Weighting', 'WeightingInputs', 'WeightingResult', 'aligned_mtl', 'as_optax',
-    'cagrad', 'combine', 'dualproj', 'dwa', 'ew', 'famo', 'get', 'gls', 'gradnorm', 'gram',
-    'hyperparameters', 'imtl_g', 'jacobian', 'mgda', 'names', 'nash_mtl', 'pcgrad', 'rlw',
-    'solvers', 'static', 'upgrad', 'uw', 'weighted_sum',
-]
+    'EngineOutput', 'LossFns', 'Needs', 'OptionError', 'Options', 'Weighting',
+    'WeightingInputs', 'WeightingResult', 'WeightingState', 'as_optax', 'combine', 'get',
+    'gram', 'hyperparameters', 'jacobian', 'names', 'register', 'rows', 'solvers',
+    'task_gradients', 'weighted_sum',
+] + sorted(_BUILDERS)

@@ -11,11 +11,11 @@ import numpy as np
 import optax
 import pytest
 
-from mtl_jax import models, tasks as T, train, weighting
-from mtl_jax._src.config_validation import ConfigError
+from mtl_jax import init_train_state, make_train_step, models, tasks as T, train, weighting
+# The model's loss and gradient-reversal internals, tested on purpose:
 from mtl_jax._src.models.adversarial import orthogonality
 from mtl_jax._src.models.gradient_reversal import dann_schedule, reverse_gradient
-from mtl_jax._src.step import init_train_state, make_train_step
+from mtl_jax.train import ConfigError
 from tests.conftest import tiny_config, train_tiny
 
 KINDS = [T.regression('r'), T.binary('b'), T.multiclass('c', 3), T.regression('s', 2)]
@@ -310,7 +310,7 @@ def test_train_and_evaluate_with_per_task_inputs(tmp_path):
   with pytest.raises(ConfigError, match=r'config\.model\.adversarial\.per_task_inputs: the '
                      'task discriminator needs one input per task'):
     train.train_and_evaluate(tiny_config(**overrides), str(tmp_path / 'shared'))
-  train_tiny(tmp_path, **overrides, **{'data.per_task_inputs': True})
+  train_tiny(tmp_path, **overrides, **{'data.synthetic.per_task_inputs': True})
   lines = [json.loads(l) for l in open(os.path.join(tmp_path, 'metrics.jsonl'))]
   assert len(lines) == 10
   assert all(np.isfinite(l['aux_loss/adversarial']) and np.isfinite(l['aux_loss/orthogonality'])

@@ -1,5 +1,6 @@
 """SmallCNN and TransformerEncoder backbones: shapes, hand references, invariances, hooks."""
 
+import functools
 import json
 import math
 
@@ -10,12 +11,11 @@ import pytest
 
 from mtl_jax import models, train
 from mtl_jax._src.config_validation import ConfigError
-from mtl_jax._src.models import cnn as models_cnn
-from mtl_jax._src.models.cnn import cnn
-from mtl_jax._src.models.transformer import transformer
 from tests.conftest import tiny_config
 
 KEY = jax.random.PRNGKey(0)
+cnn = functools.partial(models.get_backbone, 'cnn')
+transformer = functools.partial(models.get_backbone, 'transformer')
 
 
 def _output_shape(module, shape):
@@ -64,7 +64,7 @@ def test_transformer_output_shapes(shape, kwargs, expected):
 
 
 def test_transformer_patches_are_row_major_pixel_blocks():
-  from mtl_jax._src.models.transformer import tokenize
+  from mtl_jax._src.models.transformer import tokenize  # the private tokeniser, on purpose
   x = jnp.arange(2 * 4 * 6 * 3.).reshape(2, 4, 6, 3)
   tokens = tokenize(x, num_tokens=4, patch_size=2)
   assert tokens.shape == (2, 6, 12)
@@ -279,7 +279,7 @@ def test_registry_and_config_blocks():
       channels=(16, 32), kernel_size=3, norm='none', pool=True, output='map')
   assert models.backbone_hyperparameters('transformer')['d_model'] == 32
   assert isinstance(models.get_backbone('cnn', channels=(4,), dropout=0.1),
-                    models_cnn.SmallCNN)
+                    models.SmallCNN)
   with pytest.raises(ConfigError, match=r'config.model.cnn.norm: must be one of'):
     train.train_and_evaluate(tiny_config(**{'model.backbone': 'cnn', 'model.cnn.norm': 'bn'}),
                              '/nonexistent/unused')

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from mtl_jax._src import config_validation, tasks as T, weighting
+from mtl_jax import tasks as T, weighting
+from mtl_jax._src import config_validation
 from mtl_jax.data import make_synthetic
 from tests.conftest import tiny_config
 
@@ -125,10 +126,10 @@ def test_bad_config_values_name_the_field(key, value, message):
 
 
 @pytest.mark.parametrize('overrides,message', [
-    ({'data.correlation': 1.5}, r'config.data: synthetic: correlation must be in \[-1, 1\]'),
-    ({'data.num_tasks': 4, 'data.correlation': -0.5}, r'correlation must be in \[-0.333333, 1\]'),
-    ({'data.preset': 'paper'}, 'config.data: synthetic: unknown preset'),
-    ({'data.noise_std': -1.0}, 'config.data: synthetic: need .*noise_std >= 0'),
+    ({'data.synthetic.correlation': 1.5}, r'config.data.synthetic: correlation must be in \[-1, 1\]'),
+    ({'data.synthetic.num_tasks': 4, 'data.synthetic.correlation': -0.5}, r'correlation must be in \[-0.333333, 1\]'),
+    ({'data.synthetic.preset': 'paper'}, 'config.data.synthetic: unknown preset'),
+    ({'data.synthetic.noise_std': -1.0}, 'config.data.synthetic: need .*noise_std >= 0'),
 ])
 def test_bad_data_config_names_the_field(overrides, message):
   from mtl_jax import train

@@ -7,10 +7,10 @@ import pytest
 
 tfds = pytest.importorskip('tensorflow_datasets')
 
-from mtl_jax import models, weighting  # pylint: disable=g-import-not-at-top
-from mtl_jax.data import BatchIterator, RecordSource, take
+# pylint: disable=g-import-not-at-top
+from mtl_jax import data, init_train_state, make_train_step, models, weighting
+# celeb_a.load reads a subset of splits (the registered builder reads all three); ATTRIBUTES.
 from mtl_jax._src.data import celeb_a
-from mtl_jax._src.step import init_train_state, make_train_step
 
 NOWHERE = '/nonexistent/tfds_celeb_a'
 
@@ -33,7 +33,7 @@ def _fake_source(examples):
 
 def test_forty_binary_tasks_in_tfds_order_and_split_names():
   with tfds.testing.mock_data(num_examples=3):
-    ds = celeb_a.load(NOWHERE)
+    ds = data.load('celeb_a', seed=5, data_dir=NOWHERE)  # the builder takes no seed
     raw = tfds.data_source('celeb_a', split='train', data_dir=NOWHERE, download=False)
     tfds_order = list(raw[0]['attributes'])
   assert ds.name == 'celeb_a' and sorted(ds.splits) == ['test', 'train', 'val']
@@ -45,7 +45,7 @@ def test_labels_and_masks_equal_the_mocked_attributes():
   with tfds.testing.mock_data(num_examples=5):
     ds = celeb_a.load(NOWHERE, splits=('validation',))
     raw = tfds.data_source('celeb_a', split='validation', data_dir=NOWHERE, download=False)
-    batch = take(ds.split('val'), np.arange(5))
+    batch = data.take(ds.split('val'), np.arange(5))
     expected = {a: np.array([float(raw[i]['attributes'][a]) for i in range(5)])
                 for a in celeb_a.ATTRIBUTES}
   assert list(ds.splits) == ['val']
@@ -90,8 +90,8 @@ def test_center_crop_drops_the_top_and_bottom_rows():
 def test_attribute_subset_in_the_given_order():
   with tfds.testing.mock_data(as_data_source_fn=_fake_source(
       [_example(np.zeros((218, 178, 3)), male=m) for m in (True, False, True)])):
-    ds = celeb_a.load(NOWHERE, attributes=['Smiling', 'Male'], image_size=8)
-    batch = take(ds.split('train'), np.arange(3))
+    ds = data.load('celeb_a', data_dir=NOWHERE, attributes=['Smiling', 'Male'], image_size=8)
+    batch = data.take(ds.split('train'), np.arange(3))
   assert ds.tasks.names == ('Smiling', 'Male')
   assert sorted(batch['labels']) == ['Male', 'Smiling'] == sorted(batch['masks'])
   np.testing.assert_array_equal(batch['labels']['Male'], [1., 0., 1.])
@@ -101,6 +101,8 @@ def test_attribute_subset_in_the_given_order():
 def test_unknown_attribute_is_named_with_the_valid_ones():
   with pytest.raises(ValueError, match=r"unknown attribute\(s\) \['Smiley'\].*'Smiling'"):
     celeb_a.load(NOWHERE, attributes=['Male', 'Smiley'])
+  with pytest.raises(ValueError, match=r"unknown attribute\(s\) \['Smiley'\]"):
+    data.load('celeb_a', data_dir=NOWHERE, attributes='Smiley')
 
 
 @pytest.mark.parametrize('shape', [(218, 178), (218, 178, 4)])
@@ -116,10 +118,10 @@ def test_a_bad_record_later_in_a_split_is_named():
   examples = [good, good, _example(np.zeros((218, 178, 1))), good]
   with tfds.testing.mock_data(as_data_source_fn=_fake_source(examples)):
     split = celeb_a.load(NOWHERE, image_size=8, splits=('train',)).split('train')
-  assert isinstance(split, RecordSource)
-  take(split, np.arange(2))
+  assert isinstance(split, data.RecordSource)
+  data.take(split, np.arange(2))
   with pytest.raises(ValueError, match=r"celeb_a/train, record 2: field 'image'.*\(218, 178, 1\)"):
-    take(split, np.arange(4))
+    data.take(split, np.arange(4))
 
 
 def test_missing_data_dir_explains_how_to_prepare(tmp_path):
@@ -141,8 +143,8 @@ def test_bad_split_and_image_size():
 
 def test_one_train_step_through_the_batch_iterator():
   with tfds.testing.mock_data(num_examples=8):
-    ds = celeb_a.load(NOWHERE, image_size=16)
-    batch = next(BatchIterator(ds.split('train'), batch_size=4, seed=0))
+    ds = data.load('celeb_a', data_dir=NOWHERE, image_size=16)
+    batch = next(data.BatchIterator(ds.split('train'), batch_size=4, seed=0))
   assert batch['inputs'].shape == (4, 16, 16, 3) and batch['inputs'].dtype == np.float32
   assert sorted(batch['labels']) == sorted(celeb_a.ATTRIBUTES) == sorted(batch['masks'])
   assert all(batch['labels'][a].shape == (4,) and batch['masks'][a].shape == (4,)

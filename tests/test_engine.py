@@ -50,13 +50,21 @@ def _problem(seed=0, batch=16):
   return params, losses_fn, rep_fn, head_fn
 
 
+def _fns(losses_fn, rep_fn, head_fn, stacked=True):
+  """The engine's LossFns of ``_problem``'s functions (trunk/heads only if ``stacked``)."""
+  full = lambda p: (losses_fn(p)[0], {}, {})
+  if not stacked:
+    return engine.LossFns(full)
+  return engine.LossFns(full, rep_fn, lambda z, t: head_fn(z, t, stacked=True),
+                        lambda a, b: {}, 3)
+
+
 def _run(method, mode='param', chunk_size=None, head_grads=None, seed=0, stacked=True):
   params, losses_fn, rep_fn, head_fn = _problem(seed)
-  stacked_head_fn = (lambda z, t: head_fn(z, t, stacked=True)) if stacked else None
+  fns = _fns(losses_fn, rep_fn, head_fn, stacked)
+  options = engine.Options(mode=mode, chunk_size=chunk_size, head_grads=head_grads)
   fn = jax.jit(lambda p: engine.task_gradients(
-      method, p, method.init(3), jax.random.PRNGKey(0), jnp.int32(0), losses_fn=losses_fn,
-      rep_fn=rep_fn, head_fn=head_fn, stacked_head_fn=stacked_head_fn, num_tasks=3, mode=mode,
-      chunk_size=chunk_size, head_grads=head_grads))
+      method, p, method.init(3), jax.random.PRNGKey(0), jnp.int32(0), fns, options))
   return params, losses_fn, fn(params)
 
 
@@ -102,14 +110,14 @@ def test_rep_mode_gram_is_over_the_representation():
     return WeightingResult(jnp.ones(3), inputs.gram)
 
   method = Weighting('spy', Needs.GRAM, lambda n: jnp.zeros((3, 3)), update)
-  params, _, rep_fn, head_fn = _problem()
+  params, losses_fn, rep_fn, head_fn = _problem()
+  fns = _fns(losses_fn, rep_fn, head_fn)
   out = jax.jit(lambda p: engine.task_gradients(
-      method, p, jnp.zeros((3, 3)), jax.random.PRNGKey(0), 0, losses_fn=None, rep_fn=rep_fn,
-      head_fn=head_fn, stacked_head_fn=lambda z, t: head_fn(z, t, stacked=True), num_tasks=3,
-      mode='rep'))(params)
+      method, p, jnp.zeros((3, 3)), jax.random.PRNGKey(0), 0, fns,
+      engine.Options(mode='rep')))(params)
   z = rep_fn(params['shared'])[0]
   jz = jax.jacrev(lambda z: head_fn(z, params['task'])[0])(z).reshape(3, -1)
-  np.testing.assert_allclose(out.result.state, jz @ jz.T, rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(out.state, jz @ jz.T, rtol=1e-4, atol=1e-7)
   del seen
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from mtl_jax import models, train
 from mtl_jax import tasks as T
-from mtl_jax._src.config_validation import ConfigError
-from mtl_jax._src.models import dselect_k as dsk
+from mtl_jax._src.models import dselect_k as dsk  # its selector math, tested on purpose
+from mtl_jax.train import ConfigError
 from tests.conftest import tiny_config
 
 NAMES = ('omoe', 'mmoe', 'dselect_k', 'cgc', 'ple')
@@ -175,7 +175,8 @@ def test_mmoe_and_omoe_match_a_hand_computation():
 
 
 def _ple_expected_split(levels):
-  """The reference's rule (architectures.md section 4) as module names."""
+  """PLE's shared/task split (a module is shared if more than one task's loss reads it), as
+  module names."""
   shared = {f'level{j}_shared_experts' for j in range(1, levels + 1)}
   shared |= {f'level{j}_shared_gate' for j in range(1, levels)}
   shared |= {f'level{j}_task_experts' for j in range(1, levels)}
@@ -467,7 +468,7 @@ def test_config_defaults_and_a_bad_config_value():
 # End-to-end training.
 
 def _train(tmp_path, **overrides):
-  config = tiny_config(**{'train.steps': 10, 'data.sizes': (256, 64, 64),
+  config = tiny_config(**{'train.steps': 10, 'data.synthetic.sizes': (256, 64, 64),
                           'eval.splits': ('test',), 'train.checkpoint_every': 100,
                           **overrides})
   results = train.train_and_evaluate(config, str(tmp_path))

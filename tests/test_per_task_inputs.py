@@ -10,8 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from mtl_jax import models, tasks as T, weighting
-from mtl_jax._src.step import TrainState, make_train_step
+from mtl_jax import TrainState, make_train_step, models, tasks as T, weighting
 
 TASKS = T.TaskSet([T.regression('a'), T.multiclass('b', 3), T.binary('c')])
 NUM, B, D = len(TASKS), 4, 6

@@ -21,7 +21,7 @@ RESULT_KEYS = {'config_name', 'tasks', 'metrics', 'split_metrics', 'higher_is_be
 
 def test_outputs_and_a_single_compilation(tmp_path, capsys):
   workdir = str(tmp_path)
-  results = train.train_and_evaluate(tiny_config(**{'data.num_tasks': 3}), workdir)
+  results = train.train_and_evaluate(tiny_config(**{'data.synthetic.num_tasks': 3}), workdir)
   assert set(results) == RESULT_KEYS
   on_disk = json.load(open(os.path.join(workdir, 'results.json')))
   assert on_disk == json.loads(json.dumps(results))
@@ -40,7 +40,7 @@ def test_outputs_and_a_single_compilation(tmp_path, capsys):
   assert 'test metrics after 30 steps' in table and 'mse ↓' in table and 'y3' in table
 
   # Running again resumes from the final checkpoint: nothing to train, the same results.
-  again = train.train_and_evaluate(tiny_config(**{'data.num_tasks': 3}), workdir)
+  again = train.train_and_evaluate(tiny_config(**{'data.synthetic.num_tasks': 3}), workdir)
   assert again['resumed_from_step'] == 30 and again['metrics'] == results['metrics']
   assert len(open(os.path.join(workdir, 'metrics.jsonl')).readlines()) == 30
 
@@ -97,10 +97,9 @@ def test_resume_with_a_changed_config_is_refused(tmp_path):
 
 
 def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
-  from mtl_jax._src.writers import MetricWriter
   with open(tmp_path / 'metrics.jsonl', 'w') as f:
     f.write('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.5}\n{"step": 3, "lo')
-  writer = MetricWriter(str(tmp_path), resume_step=2)
+  writer = train.MetricWriter(str(tmp_path), ('y1', 'y2'), resume_step=2)
   writer.write(3, {'loss': 0.25})
   writer.close()
   steps = [json.loads(l)['step'] for l in open(tmp_path / 'metrics.jsonl')]

@@ -24,9 +24,6 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
-  def all_steps(self) -> list[int]:
-    return list(self._manager.all_steps())
-
   def save(self, step: int, state: Any, data_state: dict) -> None:
     """Saves (asynchronously) ``state`` and the iterator position at ``step``."""
     self._manager.save(step, args=ocp.args.Composite(

@@ -1,15 +1,17 @@
-"""``train_and_evaluate(config, workdir)``: the training loop around the jitted step.
+"""One training run, in stages: build, init or restore, train, evaluate, write results.
 
-Writes into ``workdir``: ``config.json``, ``metrics.jsonl`` (one line per step),
-``tensorboard/`` events, ``checkpoints/`` (orbax; resumed automatically) and
-``results.json`` (final per-task metrics; schema in the README).
+``train_once(config, workdir)`` writes into ``workdir``: ``config.json``, ``metrics.jsonl``
+(one line per step), ``tensorboard/`` events, ``checkpoints/`` (orbax; resumed
+automatically) and ``results.json`` (final per-task metrics; schema in the README).
+Experiments made of several runs (single-task baselines, encoder pretraining) are in
+``mtl_jax._src.experiments``, whose ``train_and_evaluate`` is the public entry point.
 """
 
+import dataclasses
 import json
 import os
-import sys
 import time
-from typing import Any
+from typing import Any, Callable, Optional
 
 import jax
 import ml_collections
@@ -17,45 +19,39 @@ import numpy as np
 import optax
 import tqdm
 
-from mtl_jax._src import config_validation, data, models, parallel, transfer, weighting
-from mtl_jax._src import metrics as metrics_lib
+from mtl_jax._src import config_validation, data, models, parallel, registry, transfer
 from mtl_jax._src.checkpointing import Checkpointer
-from mtl_jax._src.step import (evaluate, init_train_state, jit_train_step, make_eval_step,
-                          make_train_step)
+from mtl_jax._src.config_validation import ConfigError
+from mtl_jax._src.step import (TrainState, evaluate, init_train_state, jit_train_step,
+                               make_eval_step, make_train_step)
 from mtl_jax._src.tasks import TaskSet
-from mtl_jax._src.writers import MetricWriter
+from mtl_jax._src.weighting import engine
+from mtl_jax._src.weighting.base import Weighting
+from mtl_jax._src.writers import MetricWriter, NonFiniteLossError, print_table
 
-
-class NonFiniteLossError(FloatingPointError):
-  """A step produced a NaN/inf loss or gradient and ``on_nonfinite='raise'``."""
-
-
-def build_dataset(config) -> data.MultiTaskDataset:
-  """``config.data.name``: the synthetic data (top-level fields) or a loaded data set with the
-  options of ``config.data.<name>``; bad options raise ``ConfigError`` naming the field."""
-  d = config.data
-  try:
-    if d.name == 'synthetic':
-      dataset = data.make_synthetic(
-          d.num_tasks, d.correlation, input_dim=d.input_dim, num_sines=d.num_sines,
-          noise_std=d.noise_std, scale=d.scale, preset=d.preset, sizes=tuple(d.sizes),
-          seed=d.seed, per_task_inputs=d.per_task_inputs, domain_shift=d.domain_shift)
-    else:
-      dataset = data.loaders.load(d.name, seed=d.seed, **d[d.name])
-  except ValueError as e:
-    field = 'config.data' if d.name == 'synthetic' else f'config.data.{d.name}'
-    raise config_validation.ConfigError(f'{field}: {e}') from None
-  if not d.tasks:
-    return dataset
-  try:
-    return data.select_tasks(dataset, d.tasks)
-  except ValueError as e:
-    raise config_validation.ConfigError(f'config.data.tasks: {e}') from None
+PyTree = Any
 
 
 def _options(block) -> dict:
   """A config block as keyword arguments (lists as tuples, hashable for flax modules)."""
   return {k: tuple(v) if isinstance(v, list) else v for k, v in block.items()}
+
+
+def build_dataset(config) -> data.MultiTaskDataset:
+  """The data set ``config.data.name`` with the options of ``config.data.<name>`` (restricted
+  to ``config.data.tasks``); bad options raise ``ConfigError`` naming the field."""
+  d = config.data
+  try:
+    dataset = data.load(d.name, seed=d.seed, **_options(d.get(d.name, {})))
+  except (TypeError, ValueError) as e:
+    message = str(e).removeprefix(f'{d.name}: ')
+    raise ConfigError(f'config.data.{d.name}: {message}') from None
+  if not d.tasks:
+    return dataset
+  try:
+    return data.select_tasks(dataset, d.tasks)
+  except ValueError as e:
+    raise ConfigError(f'config.data.tasks: {e}') from None
 
 
 def build_model(config, tasks: TaskSet, per_task_inputs: bool = False):
@@ -69,26 +65,24 @@ def build_model(config, tasks: TaskSet, per_task_inputs: bool = False):
                       dropout=m.dropout, per_task_inputs=per_task_inputs,
                       **_options(m.get(m.name, {})))
   except (TypeError, ValueError) as e:
-    raise config_validation.ConfigError(f'config.model.{e}') from None
+    raise ConfigError(f'config.model.{e}') from None
 
 
 def build_optimizer(config):
-  """The optax optimizer and its learning-rate schedule."""
+  """``(optax optimizer, learning-rate schedule)``: ``optax.<config.optim.name>`` with the
+  keyword arguments of ``config.optim.<name>`` (and ``weight_decay``/``momentum`` where it
+  takes them), behind the schedule, the transfer partition and global-norm clipping."""
   o, steps = config.optim, config.train.steps
-  if o.schedule == 'constant':
-    schedule = optax.constant_schedule(o.lr)
-  elif o.schedule == 'cosine':
-    schedule = optax.cosine_decay_schedule(o.lr, steps)
-  else:
-    schedule = optax.warmup_cosine_decay_schedule(0.0, o.lr, o.warmup_steps, steps)
-
-  def make(lr):
-    if o.name == 'adam':
-      return optax.adam(lr)
-    if o.name == 'adamw':
-      return optax.adamw(lr, weight_decay=o.weight_decay)
-    return optax.sgd(lr, momentum=o.momentum or None)
-
+  schedule = {'constant': lambda: optax.constant_schedule(o.lr),
+              'cosine': lambda: optax.cosine_decay_schedule(o.lr, steps),
+              'warmup_cosine': lambda: optax.warmup_cosine_decay_schedule(
+                  0.0, o.lr, o.warmup_steps, steps)}[o.schedule]()
+  takes = registry.optimizer_parameters(o.name)
+  kwargs = {**{k: o[k] for k in ('weight_decay', 'momentum') if k in takes},
+            **_options(o.get(o.name, {}))}
+  if kwargs.get('momentum') == 0:
+    kwargs['momentum'] = None                 # optax.sgd: None is plain SGD
+  make = lambda lr: registry.optimizer(o.name, lr, **kwargs)
   t = config.transfer
   if t.freeze or t.lr_ratio != 1.0:
     tx = transfer.partition_optimizer(make, schedule, t.target, freeze=t.freeze,
@@ -100,85 +94,43 @@ def build_optimizer(config):
   return tx, schedule
 
 
-def pretrained_params(config, workdir: str):
-  """The params to graft (``config.transfer``): from ``init_from``'s latest checkpoint, or
-  from a shared-bottom model first trained here on ``pretrain_task`` alone (in
-  ``workdir/pretrain``, itself checkpointed and resumable).  None if neither is set."""
-  t = config.transfer
-  if t.pretrain_task:
-    pre = single_task_config(config, t.pretrain_task, 'pretrain')
-    pre.train.steps = t.pretrain_steps
-    pre.transfer.pretrain_task, pre.transfer.freeze, pre.transfer.lr_ratio = '', False, 1.0
-    print(f'pretraining the encoder on task {t.pretrain_task!r} for {t.pretrain_steps} steps')
-    pre_dir = os.path.join(workdir, 'pretrain')
-    train_and_evaluate(pre, pre_dir)
-    return transfer.subtree(transfer.load_params(pre_dir), 'shared', 'transfer.source')
-  if t.init_from:
-    return transfer.subtree(transfer.load_params(t.init_from), t.source, 'transfer.source')
-  return None
-
-
-def build_weighting(config, tasks: TaskSet, steps_per_epoch: int) -> weighting.Weighting:
+def build_weighting(config, tasks: TaskSet, steps_per_epoch: int) -> Weighting:
+  """The method ``config.weighting.name`` with ``config.weighting.<name>``.  Two run values
+  fill options the config leaves open: ``steps_per_epoch=0`` becomes the data's epoch, and a
+  per-task ``weights`` vector may be keyed by task name."""
   name = config.weighting.name
-  hparams = {k: v for k, v in config.weighting[name].items() if v is not None}
-  if name == 'static':
-    raw = hparams.pop('weights', None)
-    hparams['weights'] = (np.ones(len(tasks)) if raw is None else
-                          tasks.vector(list(raw), 'config.weighting.static.weights'))
-  if name == 'dwa' and hparams.get('steps_per_epoch') == 0:
+  hparams = {k: v for k, v in _options(config.weighting[name]).items() if v is not None}
+  if hparams.get('steps_per_epoch') == 0:
     hparams['steps_per_epoch'] = steps_per_epoch
   try:
-    return weighting.get(name, **hparams)
+    if 'weights' in hparams:
+      hparams['weights'] = tasks.vector(hparams['weights'], 'weights')
+    return registry.WEIGHTINGS.build(name, **hparams)
   except (TypeError, ValueError) as e:
-    raise config_validation.ConfigError(f'config.weighting.{name}: {e}') from None
+    raise ConfigError(f'config.weighting.{name}: {e}') from None
 
 
-def _print_table(tasks: TaskSet, results: dict, file=None) -> None:
-  file = file or sys.stdout
-  metric_names = sorted({m for t in results.values() for m in t if m != 'count'})
-  arrows = {m: ('↑' if any(tasks.directions()[t].get(m) for t in results) else '↓')
-            for m in metric_names}
-  header = ['task'] + [f'{m} {arrows[m]}' for m in metric_names]
-  rows = [[t] + [f'{results[t][m]:.4f}' if m in results[t] else '-' for m in metric_names]
-          for t in tasks.names]
-  widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-  line = lambda r: '  '.join(c.ljust(w) for c, w in zip(r, widths))
-  print(line(header), file=file)
-  print('  '.join('-' * w for w in widths), file=file)
-  for r in rows:
-    print(line(r), file=file)
+@dataclasses.dataclass
+class Run:
+  """What a run is built from (stage 1)."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  dataset: data.MultiTaskDataset
+  model: Any
+  optimizer: optax.GradientTransformation
+  schedule: Callable
+  method: Weighting
+  mesh: jax.sharding.Mesh
+  iterator: data.BatchIterator
+  checkpointer: Checkpointer
+
+  @property
+  def tasks(self) -> TaskSet:
+    return self.dataset.tasks
 
 
-def single_task_config(config: ml_collections.ConfigDict, task: str,
-                       role: str) -> ml_collections.ConfigDict:
-  """``config`` for ``task`` alone: shared_bottom with one head, trained with 'ew' by the
-  same code, backbone, optimiser, schedule, steps and seed (a single-task baseline, or the
-  encoder pretraining of ``config.transfer``); named ``<name>-<role>-<task>``."""
-  one = ml_collections.ConfigDict(config.to_dict())
-  one.name = f'{config.name}-{role}-{task}'
-  one.data.tasks = (task,)
-  one.model.name = 'shared_bottom'
-  one.weighting.name = 'ew'
-  one.train.task_sampling = 0
-  one.eval.baselines = False
-  return one
-
-
-def train_baselines(config: ml_collections.ConfigDict, tasks: TaskSet, workdir: str) -> dict:
-  """``{task: test metrics}`` of every task's single-task baseline (``workdir/baselines/``;
-  each resumes from its own checkpoints)."""
-  out = {}
-  for task in tasks.names:
-    print(f'single-task baseline for {task!r}')
-    results = train_and_evaluate(single_task_config(config, task, 'baseline'),
-                                 os.path.join(workdir, 'baselines', task))
-    out[task] = results['metrics'][task]
-  return out
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (resuming from ``workdir``'s latest checkpoint), evaluates, writes results."""
-  start_time = time.time()
+def build(config, workdir: str) -> Run:
+  """Stage 1: validate the config, record it, and build data, model, optimizer, method."""
   config_validation.validate(config)
   os.makedirs(workdir, exist_ok=True)
   checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
@@ -189,165 +141,169 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       config_validation.check_resumable(json.load(f), config)
   with open(config_path, 'w') as f:
     f.write(config.to_json_best_effort(indent=2))
-
   dataset = build_dataset(config)
-  tasks = dataset.tasks
-  model = build_model(config, tasks, dataset.per_task_inputs)
+  model = build_model(config, dataset.tasks, dataset.per_task_inputs)
   optimizer, schedule = build_optimizer(config)
   mesh = parallel.make_mesh(config.train.num_devices)
-  devices = mesh.shape['data']
   for field in ('train.batch_size', 'eval.batch_size'):
     section, key = field.split('.')
-    if config[section][key] % devices:
-      raise config_validation.ConfigError(
-          f'config.{field}: must be divisible by the {devices} devices of the mesh, got '
-          f'{config[section][key]}')
-
-  train_split = dataset.split('train')
+    if config[section][key] % mesh.shape['data']:
+      raise ConfigError(f'config.{field}: must be divisible by the {mesh.shape["data"]} '
+                        f'devices of the mesh, got {config[section][key]}')
   try:
-    iterator = data.BatchIterator(train_split, config.train.batch_size, seed=config.seed,
-                                  process_index=jax.process_index(),
+    iterator = data.BatchIterator(dataset.split('train'), config.train.batch_size,
+                                  seed=config.seed, process_index=jax.process_index(),
                                   process_count=jax.process_count(),
                                   worker_count=config.data.worker_count)
   except ValueError as e:
-    raise config_validation.ConfigError(f'config.train.batch_size: {e}') from None
-  method = build_weighting(config, tasks, iterator.batches_per_epoch)
-  sample = data.take(train_split, np.arange(config.train.batch_size))
-  state = init_train_state(model, tasks, optimizer, method, sample['inputs'],
+    raise ConfigError(f'config.train.batch_size: {e}') from None
+  method = build_weighting(config, dataset.tasks, iterator.batches_per_epoch)
+  return Run(config, workdir, dataset, model, optimizer, schedule, method, mesh, iterator,
+             checkpointer)
+
+
+def init_or_restore(run: Run, pretrained: Optional[Callable[[], PyTree]] = None):
+  """Stage 2: ``(state, start step)``: the latest checkpoint's state and data position, or a
+  fresh state whose ``config.transfer.target`` params come from ``transfer.init_from`` or
+  from ``pretrained()`` (called only when starting fresh)."""
+  config, t = run.config, run.config.transfer
+  sample = data.take(run.dataset.split('train'), np.arange(config.train.batch_size))
+  state = init_train_state(run.model, run.tasks, run.optimizer, run.method, sample['inputs'],
                            jax.random.PRNGKey(config.seed))
-  start_step = checkpointer.latest_step() or 0
+  start_step = run.checkpointer.latest_step() or 0
   try:
-    if config.transfer.freeze or config.transfer.lr_ratio != 1.0:
-      transfer.subtree(state.params, config.transfer.target)
+    if t.freeze or t.lr_ratio != 1.0:
+      transfer.subtree(state.params, t.target)
+    if not start_step:
+      params = pretrained() if pretrained is not None else None
+      if params is None and t.init_from:
+        params = transfer.subtree(transfer.load_params(t.init_from), t.source,
+                                  'transfer.source')
+      if params is not None:
+        grafted = transfer.graft(state.params, params, t.target)
+        state = state.replace(params=grafted, opt_state=run.optimizer.init(grafted))
   except ValueError as e:
-    raise config_validation.ConfigError(f'config.{e}') from None
-  if not start_step:
-    try:
-      pretrained = pretrained_params(config, workdir)
-      if pretrained is not None:
-        params = transfer.graft(state.params, pretrained, config.transfer.target)
-        state = state.replace(params=params, opt_state=optimizer.init(params))
-    except ValueError as e:
-      raise config_validation.ConfigError(f'config.{e}') from None
-  state = parallel.replicate(state, mesh)
-
+    raise ConfigError(f'config.{e}') from None
+  state = parallel.replicate(state, run.mesh)
   if start_step:
-    state, data_state = checkpointer.restore(start_step, state)
-    iterator.set_state(data_state)
-  writer = MetricWriter(workdir, resume_step=start_step)
+    state, data_state = run.checkpointer.restore(start_step, state)
+    run.iterator.set_state(data_state)
+  return state, start_step
 
-  traces = {'train_step': 0}
-  w = config.weighting
-  frozen = (transfer.frozen_mask(state.params, config.transfer.target)
-            if config.transfer.freeze else None)
+
+def make_step(run: Run, state: TrainState, traces: dict):
+  """The jitted train step of ``run`` (counting its traces in ``traces['train_step']``)."""
+  w, t = run.config.weighting, run.config.transfer
+  frozen = transfer.frozen_mask(state.params, t.target) if t.freeze else None
+  fields = {'mode': 'config.weighting.mode', 'chunk_size': 'config.weighting.chunk_size',
+            'head_grads': 'config.weighting.head_grads',
+            'task_sampling': 'config.train.task_sampling', 'weighting': 'config.weighting.name'}
   try:
     raw_step = make_train_step(
-        model, tasks, optimizer, method, schedule=schedule, mode=w.mode, frozen=frozen,
-        chunk_size=w.chunk_size or None,
+        run.model, run.tasks, run.optimizer, run.method, schedule=run.schedule, mode=w.mode,
+        frozen=frozen, chunk_size=w.chunk_size or None,
         head_grads=None if w.head_grads == 'default' else w.head_grads, jit=False,
-        task_sampling=config.train.task_sampling)
-  except ValueError as e:
-    if 'task_sampling' not in str(e):
-      raise
-    raise config_validation.ConfigError(f'config.train.task_sampling: {e}') from None
+        task_sampling=run.config.train.task_sampling)
+  except engine.OptionError as e:
+    raise ConfigError(f'{fields[e.field]}: {str(e).split(": ", 1)[1]}') from None
 
   def counted_step(state, batch):
     traces['train_step'] += 1
     return raw_step(state, batch)
 
-  train_step = jit_train_step(counted_step, mesh=mesh)
+  return jit_train_step(counted_step, mesh=run.mesh)
 
-  pending = []  # (step, device metrics) not yet written
 
-  def flush():
-    for step, metrics in jax.device_get(pending):
-      scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
-      for name, loss, w in zip(tasks.names, metrics['losses'], metrics['weights']):
-        scalars[f'loss/{name}'] = float(loss)
-        scalars[f'weight/{name}'] = float(w)
-      if metrics['rejected'] and config.train.on_nonfinite == 'raise':
-        bad = [n for n, l in zip(tasks.names, metrics['losses']) if not np.isfinite(l)]
-        raise NonFiniteLossError(
-            f'step {step}: non-finite loss for task(s) {bad or "(losses finite)"}; grad norm '
-            f'{scalars["grad_norm"]}. The update was rejected; the last checkpoint '
-            f'(step {checkpointer.latest_step()}) is intact.')
-      writer.write(step, scalars)
-    pending.clear()
-    writer.flush()
+def train(run: Run, state: TrainState, start_step: int, traces: dict) -> TrainState:
+  """Stage 3: steps ``start_step + 1 .. config.train.steps``, logging and checkpointing.
 
-  checked_structure = False
+  The writer logs every step and stops the run on a rejected update when
+  ``config.train.on_nonfinite='raise'``."""
+  config = run.config
+  train_step = make_step(run, state, traces)
+  writer = MetricWriter(run.workdir, run.tasks.names, resume_step=start_step,
+                        on_nonfinite=config.train.on_nonfinite)
   progress = tqdm.tqdm(total=config.train.steps, initial=start_step, desc='train',
                        disable=None, dynamic_ncols=True)
-  train_start = time.time()
   try:
     for step in range(start_step + 1, config.train.steps + 1):
-      batch = next(iterator)
-      if not checked_structure:
-        tasks.check_batch(batch)
-        checked_structure = True
-      try:
-        tasks.check_values(batch)
-      except ValueError as e:
-        raise ValueError(f'data set {dataset.name!r}, split \'train\', batch of step {step}: '
-                         f'{e}') from None
-      state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
-      pending.append((step, metrics))
+      batch = next(run.iterator)
+      if step == start_step + 1:
+        run.tasks.check_batch(batch)      # structure once; values are checked when read
+      state, metrics = train_step(state, parallel.shard_batch(batch, run.mesh))
+      writer.add(step, metrics)
       progress.update(1)
-      if step % config.train.log_every == 0 or step == config.train.steps:
-        flush()
+      last = step == config.train.steps
+      if step % config.train.log_every == 0 or last:
+        writer.flush(run.checkpointer.latest_step())
         progress.set_postfix(loss=f"{float(metrics['loss']):.4g}")
-      if step % config.train.checkpoint_every == 0 or step == config.train.steps:
-        flush()
-        checkpointer.save(step, state, iterator.get_state())
-    flush()
+      if step % config.train.checkpoint_every == 0 or last:
+        writer.flush(run.checkpointer.latest_step())
+        run.checkpointer.save(step, state, run.iterator.get_state())
+    writer.flush(run.checkpointer.latest_step())
   finally:
     progress.close()
-    checkpointer.wait()
+    run.checkpointer.wait()
     writer.close()
-  train_time = time.time() - train_start
+  return state
 
-  eval_step = make_eval_step(model, tasks, mesh=mesh)
-  split_metrics = {}
-  for split in config.eval.splits:
-    batches = (parallel.shard_batch(b, mesh) for b in data.eval_batches(
-        dataset.split(split), config.eval.batch_size, tasks,
+
+def evaluate_splits(run: Run, state: TrainState) -> dict:
+  """Stage 4: ``{split: {task: {metric: value}}}`` for ``config.eval.splits``."""
+  eval_step = make_eval_step(run.model, run.tasks, mesh=run.mesh)
+  out = {}
+  for split in run.config.eval.splits:
+    batches = (parallel.shard_batch(b, run.mesh) for b in data.eval_batches(
+        run.dataset.split(split), run.config.eval.batch_size, run.tasks,
         process_index=jax.process_index(), process_count=jax.process_count()))
-    split_metrics[split] = evaluate(eval_step, state, tasks, batches)
-  checkpointer.close()
+    out[split] = evaluate(eval_step, state, run.tasks, batches)
+  return out
 
-  results = {
+
+def results(run: Run, state: TrainState, split_metrics: dict, **timing) -> dict:
+  """Stage 5: the ``results.json`` record of a run (schema in the README)."""
+  config = run.config
+  return {
       'config_name': config.name,
-      'tasks': list(tasks.names),
+      'tasks': list(run.tasks.names),
       'metrics': split_metrics.get('test', {}),
       'split_metrics': split_metrics,
-      'higher_is_better': tasks.directions(),
+      'higher_is_better': run.tasks.directions(),
       'model': config.model.name,
       'weighting': config.weighting.name,
       'steps': int(state.step),
       'rejected_steps': int(state.num_rejected),
       'num_params': {k: int(sum(np.size(x) for x in jax.tree_util.tree_leaves(v)))
                      for k, v in state.params.items()},
-      'resumed_from_step': start_step,
-      'train_step_traces': traces['train_step'],
-      'train_time_s': train_time,
-      'wall_time_s': time.time() - start_time,
+      **timing,
       'jax_version': jax.__version__,
-      'devices': [str(d) for d in mesh.devices.flat],
+      'devices': [str(d) for d in run.mesh.devices.flat],
   }
-  for split, values in split_metrics.items():
-    print(f'\n{config.name}: {split} metrics after {results["steps"]} steps')
-    _print_table(tasks, values)
-  if config.eval.baselines:
-    if 'test' not in split_metrics:
-      raise config_validation.ConfigError("config.eval.baselines: needs 'test' in "
-                                          'config.eval.splits')
-    results['baselines'] = train_baselines(config, tasks, workdir)
-    results['delta_m'] = metrics_lib.delta_m(results['metrics'], results['baselines'],
-                                             tasks.directions())
-    print(f'\n{config.name}: single-task baselines (test)')
-    _print_table(tasks, results['baselines'])
-    print(f'Delta-m% against them: {results["delta_m"]:+.2f} (lower is better)')
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=2)
-  return results
 
+
+def write_results(workdir: str, record: dict) -> None:
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    json.dump(record, f, indent=2)
+
+
+def train_once(config: ml_collections.ConfigDict, workdir: str,
+               pretrained: Optional[Callable[[], PyTree]] = None) -> dict[str, Any]:
+  """One run: build, init or restore (resuming from ``workdir``'s latest checkpoint), train,
+  evaluate, write ``results.json``; returns its record."""
+  start_time = time.time()
+  run = build(config, workdir)
+  state, start_step = init_or_restore(run, pretrained)
+  traces = {'train_step': 0}
+  train_start = time.time()
+  state = train(run, state, start_step, traces)
+  train_time = time.time() - train_start
+  split_metrics = evaluate_splits(run, state)
+  run.checkpointer.close()
+  record = results(run, state, split_metrics, resumed_from_step=start_step,
+                   train_step_traces=traces['train_step'], train_time_s=train_time,
+                   wall_time_s=time.time() - start_time)
+  for split, values in split_metrics.items():
+    print(f'\n{config.name}: {split} metrics after {record["steps"]} steps')
+    print_table(run.tasks.directions(), values)
+  write_results(workdir, record)
+  return record

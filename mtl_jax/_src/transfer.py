@@ -100,10 +100,6 @@ def frozen_mask(params: PyTree, target: str) -> PyTree:
   return jax.tree_util.tree_map_with_path(lambda path, _: _under(path, keys), params)
 
 
-def stop_frozen_gradients(params: PyTree, mask: PyTree) -> PyTree:
-  return jax.tree.map(lambda p, m: jax.lax.stop_gradient(p) if m else p, params, mask)
-
-
 def partition_optimizer(make: Callable[[Callable], optax.GradientTransformation],
                         schedule: Callable, target: str, *, freeze: bool = False,
                         lr_ratio: float = 1.0) -> optax.GradientTransformation:

@@ -1,14 +1,47 @@
 """Every config key mtl_jax reads, with its default.  Experiment configs override these."""
 
+import inspect
+import typing
+
 import ml_collections
 from ml_collections import config_dict
 
-from mtl_jax._src import models
-from mtl_jax._src.data import loaders
+from mtl_jax._src import registry
+
+# Optimizers with a config block (``config.optim.<name>``, from optax's signature); any other
+# optax optimizer runs by name with optax's defaults.  ``optim.weight_decay`` and
+# ``optim.momentum`` apply to every optimizer that takes them.
+OPTIMIZER_BLOCKS = ('adam', 'adamw', 'sgd', 'lion', 'lamb', 'nadam', 'radam', 'rmsprop',
+                    'adagrad', 'adafactor', 'adabelief', 'yogi', 'amsgrad', 'adamax', 'novograd')
+OPTIMIZER_SHORTCUTS = ('weight_decay', 'momentum')
 
 
-def _block(**values) -> ml_collections.ConfigDict:
+def _placeholder(annotation):
+  """A typed None for ``Optional[X]`` (so that the CLI can set it), else a plain None."""
+  args = [a for a in typing.get_args(annotation) if a is not type(None)]
+  kind = typing.get_origin(args[0]) or args[0] if len(args) == 1 else annotation
+  return config_dict.placeholder(kind) if isinstance(kind, type) else None
+
+
+def block(reg: registry.Registry, name: str) -> ml_collections.ConfigDict:
+  """The config block of component ``name``: its builder's keyword defaults (lists as
+  tuples; None as a placeholder typed by the annotation)."""
+  params = inspect.signature(reg.builder(name)).parameters
+  values = {}
+  for key, default in reg.defaults(name).items():
+    if default is None:
+      default = _placeholder(params[key].annotation)
+    values[key] = tuple(default) if isinstance(default, list) else default
   return ml_collections.ConfigDict(values)
+
+
+def _optimizer_block(name: str) -> ml_collections.ConfigDict:
+  import optax  # pylint: disable=import-outside-toplevel
+  params = inspect.signature(getattr(optax, name)).parameters
+  return ml_collections.ConfigDict({
+      k: p.default for k, p in params.items()
+      if k != 'learning_rate' and k not in OPTIMIZER_SHORTCUTS
+      and type(p.default) in (bool, int, float, str)})
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -17,35 +50,21 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'synthetic'       # 'synthetic' or loaders.names(): options in c.data.<name>
-  c.data.num_tasks = 2
-  c.data.correlation = 0.5
-  c.data.input_dim = 100
-  c.data.preset = 'google'
-  c.data.num_sines = config_dict.placeholder(int)      # None: the preset's value
-  c.data.noise_std = config_dict.placeholder(float)
-  c.data.scale = config_dict.placeholder(float)
-  c.data.sizes = (10000, 1000, 1000)
-  c.data.seed = 0
+  c.data.name = 'synthetic'       # a registered data set; its options in c.data.<name>
+  c.data.seed = 0                 # the data set's own randomness (splits, pairs, ...)
   c.data.tasks = ()               # train on these tasks only (e.g. one: a single-task run)
-  c.data.per_task_inputs = False  # one input per task ([N, T, D]; e.g. for 'adversarial')
-  c.data.domain_shift = 0.0       # per-task input mean shift (needs per_task_inputs)
   c.data.worker_count = 0         # grain worker processes reading training batches; 0: none
-  # One block of options per loaded data set (mtl_jax/data/loaders.py), with its defaults.
-  for name in loaders.names():
-    c.data[name] = _block(**loaders.options(name))
+  for name in registry.DATASETS.names():   # one block per data set, its builder's defaults
+    c.data[name] = block(registry.DATASETS, name)
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = 'shared_bottom'  # models.names(); options in the block of the same name
-  c.model.backbone = 'mlp'        # models.backbone_names(); options in the block of that name
+  c.model.name = 'shared_bottom'  # a registered model; its options in c.model.<name>
+  c.model.backbone = 'mlp'        # a registered backbone; its options in c.model.<backbone>
   c.model.tower_hidden = (8,)     # per-task tower widths (before the output layer)
   c.model.dropout = 0.0
-  # One block of options per backbone and per architecture, named after it, with the
-  # builder's defaults (shared/reference/architectures.md); overrides below.
-  for name in models.backbone_names():
-    c.model[name] = _block(**models.backbone_hyperparameters(name))
-  for name in models.names():
-    c.model[name] = _block(**models.hyperparameters(name))
+  for reg in (registry.BACKBONES, registry.MODELS):
+    for name in reg.names():
+      c.model[name] = block(reg, name)
   c.model.mlp.hidden = (113,)
 
   c.weighting = ml_collections.ConfigDict()
@@ -53,32 +72,19 @@ def get_config() -> ml_collections.ConfigDict:
   c.weighting.mode = 'param'          # per-task gradients of the shared params, or 'rep'
   c.weighting.chunk_size = 0          # tasks per Jacobian chunk; 0: all at once
   c.weighting.head_grads = 'default'  # 'default' (the method's), 'weighted', 'unweighted'
-  # One block of hyperparameters per method (shared/reference/weighting.md has the defaults).
-  c.weighting.ew = _block(reduction='sum')
-  c.weighting.static = _block(weights=config_dict.placeholder(tuple))  # None: all ones
-  c.weighting.uw = _block(init=0.0, lr=0.025)
-  c.weighting.dwa = _block(steps_per_epoch=0, temperature=2.0)  # 0: the data's epoch
-  c.weighting.rlw = _block(match_sum=True)
-  c.weighting.gls = _block(eps=1e-8)
-  c.weighting.famo = _block(gamma=1e-3, beta=0.025, eps=1e-8, min_losses=0.0, match_sum=True)
-  c.weighting.mgda = _block(normalization='none', match_sum=True, max_iters=250)
-  c.weighting.pcgrad = _block(reduction='sum')
-  c.weighting.cagrad = _block(c=0.4, rescale=1, match_sum=True, max_iters=500)
-  c.weighting.nash_mtl = _block(max_norm=1.0, update_every=1, max_iters=20)
-  c.weighting.imtl_g = _block(match_sum=True)
-  c.weighting.upgrad = _block(match_sum=True, norm_eps=1e-4, reg_eps=1e-4)
-  c.weighting.dualproj = _block(match_sum=True, norm_eps=1e-4, reg_eps=1e-4)
-  c.weighting.aligned_mtl = _block(scale_mode='min')
-  c.weighting.gradnorm = _block(alpha=1.5, lr=0.025, layer='all')
+  for name in registry.WEIGHTINGS.names():  # one block per method, its builder's defaults
+    c.weighting[name] = block(registry.WEIGHTINGS, name)
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.name = 'adam'           # adam | adamw | sgd
+  c.optim.name = 'adam'           # any optax optimizer taking a learning_rate
   c.optim.lr = 1e-3
   c.optim.schedule = 'constant'   # constant | cosine | warmup_cosine
   c.optim.warmup_steps = 0
-  c.optim.weight_decay = 0.0      # adamw only
-  c.optim.momentum = 0.9          # sgd only
+  c.optim.weight_decay = 0.0      # for optimizers that take it (adamw, lion, lamb, ...)
+  c.optim.momentum = 0.9          # for optimizers that take it (sgd, ...)
   c.optim.grad_clip = 0.0         # global-norm clipping; 0: off
+  for name in OPTIMIZER_BLOCKS:   # keyword arguments of optax.<name>, with optax's defaults
+    c.optim[name] = _optimizer_block(name)
 
   # Transfer learning (mtl_jax/transfer.py): start the params under `target` from an earlier
   # run's checkpoint, or from an encoder pretrained here first on one task; freeze them or

@@ -2,7 +2,7 @@
 
 Uses the 'keras_mmoe' preset (c=0.3, 5 random sines, noise std 0.1), whose labels a small
 network can learn from 10k examples.  With the paper-default 'google' preset
-(``--config.data.preset=google``) the high-frequency sines dominate the label variance and a
+(``--config.data.synthetic.preset=google``) the high-frequency sines dominate the label variance and a
 shared-bottom MLP memorises the training set (test MSE about the label variance).
 """
 
@@ -12,8 +12,8 @@ from mtl_jax.configs import default
 def get_config():
   c = default.get_config()
   c.name = 'synthetic'
-  c.data.num_tasks = 2
-  c.data.correlation = 0.5
-  c.data.preset = 'keras_mmoe'
+  c.data.synthetic.num_tasks = 2
+  c.data.synthetic.correlation = 0.5
+  c.data.synthetic.preset = 'keras_mmoe'
   c.train.steps = 4000
   return c

@@ -6,9 +6,9 @@ from mtl_jax.configs import default
 def get_config():
   c = default.get_config()
   c.name = 'tiny'
-  c.data.preset = 'keras_mmoe'
-  c.data.input_dim = 16
-  c.data.sizes = (512, 96, 96)
+  c.data.synthetic.preset = 'keras_mmoe'
+  c.data.synthetic.input_dim = 16
+  c.data.synthetic.sizes = (512, 96, 96)
   c.model.mlp.hidden = (16,)
   c.model.tower_hidden = (8,)
   c.train.steps = 30

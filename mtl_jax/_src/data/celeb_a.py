@@ -14,12 +14,16 @@ Images are aligned 218 x 178 (H x W) JPEGs.  By default the whole image is resiz
 with PIL bilinear (antialiased when shrinking), as FAMO's ``transforms.Resize((64, 64))``
 followed by ``ToTensor`` does (aspect ratio not kept; no normalisation).  ``center_crop=True``
 first crops the central 178 x 178 square (rows 20:198), keeping the aspect ratio.
+
+Registered as the data set 'celeb_a' (``mtl_jax.data.load('celeb_a', data_dir=..., ...)``,
+``make_celeb_a``: all three splits); ``load`` also reads a subset of (sliced) splits.
 """
 
 from typing import Optional, Sequence
 
 import numpy as np
 
+from mtl_jax._src import registry
 from mtl_jax._src import tasks as tasks_lib
 from mtl_jax._src.data.dataset import MultiTaskDataset
 from mtl_jax._src.data.sources import RecordSource
@@ -45,7 +49,7 @@ Images" and the annotation files) these five files, under exactly these names:
   img_align_celeba.zip, list_eval_partition.txt, list_attr_celeba.txt,
   list_landmarks_align_celeba.txt, identity_CelebA.txt
 put them in the tfds manual dir <data_dir>/downloads/manual/ and prepare the data with
-  mtl_jax.data.celeb_a.load(data_dir, download=True)
+  mtl_jax.data.load('celeb_a', data_dir=<data_dir>, download=True)
 (or `tfds build celeb_a --data_dir=<data_dir> --file_format=array_record`)."""
 
 
@@ -151,3 +155,12 @@ def load(data_dir: Optional[str] = None, *, image_size: int = 64,
     result[name] = RecordSource(source, transform, f'celeb_a/{name}')
   tasks = tasks_lib.TaskSet([tasks_lib.binary(a) for a in names])
   return MultiTaskDataset('celeb_a', tasks, result)
+
+
+@registry.DATASETS.register('celeb_a')
+def make_celeb_a(data_dir: Optional[str] = None, *, image_size: int = 64,
+                 attributes: tuple[str, ...] = (), download: bool = False,
+                 center_crop: bool = False) -> MultiTaskDataset:
+  """CelebA's train / val / test splits (``load`` over all three); ``attributes=()``: all 40."""
+  return load(data_dir, image_size=image_size, attributes=attributes or None,
+              download=download, center_crop=center_crop)

@@ -31,6 +31,8 @@ Targets (stored with the raw income, marital_stat and education strings):
                        college_includes_associates=True)`` adds the two Associates degrees.
 
 The vocabularies, means, stds and feature names are in ``builder.info.metadata``.
+
+Registered as the data set 'census_income' (``mtl_jax.data.load('census_income', ...)``).
 """
 
 import gzip
@@ -40,6 +42,7 @@ from typing import Iterator, Optional
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mtl_jax._src import registry
 from mtl_jax._src import tasks as tasks_lib
 from mtl_jax._src.data.dataset import MultiTaskDataset
 from mtl_jax._src.data.sources import RecordSource
@@ -281,6 +284,7 @@ def make_transform(names, num_features: int, college_includes_associates: bool =
   return transform
 
 
+@registry.DATASETS.register('census_income')
 def load(data_dir: Optional[str] = None, *, manual_dir: Optional[str] = None, group: int = 1,
          college_includes_associates: bool = False) -> MultiTaskDataset:
   """Census-income as a ``MultiTaskDataset`` 'census_income' with the MMoE task group.

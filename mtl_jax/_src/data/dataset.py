@@ -3,7 +3,15 @@
 A split is either in memory, ``{'inputs': [N, ...], 'labels': {task: [N, ...]},
 'masks': {task: [N]}}`` (masks optional) of numpy arrays, or a lazy ``RecordSource`` of
 records (one example each, the same layout without the batch axis), e.g. over a tfds
-``data_source``.  ``take`` reads a batch from either; ``mtl_jax.data.pipeline`` iterates.
+``data_source``.  ``take`` reads a batch from either; ``mtl_jax.data.BatchIterator`` and
+``eval_batches`` iterate.
+
+Every record is checked once (``TaskSet.check_batch`` and ``check_values``: label shapes,
+finite inputs, finite and in-range labels where not masked out), with errors naming the data
+set, the split and the task or field: an in-memory split whole when the ``MultiTaskDataset``
+is built, a lazy split on its first record then, and batch by batch as it is read (the data
+set wraps it in a ``CheckedSource``, whose errors also name the record).  Training and
+evaluation loops need no checks of their own.
 """
 
 import dataclasses
@@ -27,29 +35,46 @@ class MultiTaskDataset:
   per_task_inputs: bool = False
 
   def __post_init__(self):
+    splits = {}
     for split_name, split in self.splits.items():
+      where = f'data set {self.name!r}, split {split_name!r}'
+      while isinstance(split, sources.CheckedSource):  # re-checked for these tasks below
+        split = split.source
       size = num_examples(split)
       if size == 0:
         raise ValueError(f'data set {self.name!r}: split {split_name!r} is empty')
       # A lazy split is checked on its first record here, and batch by batch when read.
       sample = take(split, np.arange(1)) if sources.is_source(split) else split
       try:
-        self.tasks.check_batch(sample)
-        self.tasks.check_values(sample)
+        _BatchCheck(self.tasks)(sample)
       except ValueError as e:
-        raise ValueError(f'data set {self.name!r}, split {split_name!r}: {e}') from None
+        raise ValueError(f'{where}: {e}') from None
       if self.per_task_inputs:
         shape = jax.tree_util.tree_leaves(sample['inputs'])[0].shape
         shape = (size,) + shape[1:]
         if len(shape) < 3 or shape[1] != len(self.tasks):
-          raise ValueError(f'data set {self.name!r}, split {split_name!r}: per-task inputs '
-                           f'must be [N, T={len(self.tasks)}, ...], got {shape}')
+          raise ValueError(f'{where}: per-task inputs must be [N, T={len(self.tasks)}, ...], '
+                           f'got {shape}')
+      if sources.is_source(split):
+        split = sources.CheckedSource(split, _BatchCheck(self.tasks), where)
+      splits[split_name] = split
+    self.splits = splits
 
   def split(self, name: str) -> Mapping:
     if name not in self.splits:
       raise KeyError(f'data set {self.name!r} has no split {name!r}; splits: '
                      f'{sorted(self.splits)}')
     return self.splits[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class _BatchCheck:
+  """Checks a batch's structure and values against ``tasks`` (raises ``ValueError``)."""
+  tasks: TaskSet
+
+  def __call__(self, batch: Mapping) -> None:
+    self.tasks.check_batch(batch)
+    self.tasks.check_values(batch)
 
 
 def num_examples(split) -> int:

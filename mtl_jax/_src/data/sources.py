@@ -7,7 +7,9 @@ A *record* is one example in the batch layout without the batch axis:
 ``RecordSource`` wraps any random-access source (``len`` and ``[i]``: a tfds
 ``data_source``, an ``array_record`` file, a list) with a transform from its raw examples to
 records.  Every read error names the source and the record, and ``stack`` names the field and
-record whose shape differs from the others.
+record whose shape differs from the others.  ``CheckedSource`` checks every batch it reads
+(a ``MultiTaskDataset`` wraps its lazy splits in one, so records are checked as the pipeline
+reads them) and names the first bad record.
 """
 
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -69,6 +71,45 @@ class RecordSource:
 
   def __repr__(self):
     return f'RecordSource({self.name!r}, {len(self)} records)'
+
+
+def _identity(record):
+  return record
+
+
+class CheckedSource(RecordSource):
+  """``source`` (a ``RecordSource``) whose batches pass ``check`` when read.
+
+  ``check(batch)`` raises ``ValueError`` on a bad batch; the batch is then checked record by
+  record and the error names the first bad one: ``'{where}, record {index}: {error}'``.
+  Single records (``source[i]``) are not checked: the pipeline reads batches (``read``).
+
+  Args:
+    source: the lazy split.
+    check: batch -> None, raises ``ValueError`` naming the task or field.
+    where: used in error messages, e.g. ``"data set 'celeb_a', split 'train'"``.
+  """
+
+  def __init__(self, source: RecordSource, check: Callable[[dict], None], where: str):
+    super().__init__(source, _identity, getattr(source, 'name', where))
+    self.check, self.where = check, where
+
+  def read(self, indices) -> dict:
+    indices = [int(i) for i in np.asarray(indices).reshape(-1)]
+    batch = self.source.read(indices)
+    try:
+      self.check(batch)
+    except ValueError as error:
+      for row, index in enumerate(indices):  # name the first bad record
+        try:
+          self.check(jax.tree.map(lambda a, row=row: a[row:row + 1], batch))
+        except ValueError as e:
+          raise ValueError(f'{self.where}, record {index}: {e}') from None
+      raise ValueError(f'{self.where}, records {indices}: {error}') from None
+    return batch
+
+  def __repr__(self):
+    return f'CheckedSource({self.name!r}, {len(self)} records)'
 
 
 def stack(records: Sequence[Mapping], name: str = 'records',

@@ -8,14 +8,19 @@ For T tasks with target cosine p between every pair of task vectors:
 For T = 2 this is exactly the paper's w_1 = c u_1, w_2 = c (p u_1 + sqrt(1 - p^2) u_2).
 The equicorrelated Gram matrix is positive semi-definite iff p >= -1/(T-1).
 
-Presets (``shared/reference/benchmarks.md``): 'google' (c=1, m=10, a_i=i, b_i=(i-1)^2,
-noise std 0.01) and 'keras_mmoe' (c=0.3, m=5, a_i, b_i ~ N(0,1) drawn once, std 0.1).
+The paper fixes neither a_i, b_i nor the noise.  Presets: 'google' (the parameters of
+google-research's synthetic multi-task generator: c=1, m=10, a_i=i, b_i=(i-1)^2, noise std
+0.01) and 'keras_mmoe' (those of drawbridge/keras-mmoe's demo: c=0.3, m=5, a_i, b_i ~ N(0,1)
+drawn once, noise std 0.1).
+
+Registered as the data set 'synthetic' (``mtl_jax.data.load('synthetic', seed=..., ...)``).
 """
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
+from mtl_jax._src import registry
 from mtl_jax._src import tasks as tasks_lib
 from mtl_jax._src.data.dataset import MultiTaskDataset
 
@@ -52,15 +57,16 @@ def task_vectors(num_tasks: int, correlation: float, input_dim: int, scale: floa
   return scale * _psd_cholesky(gram) @ units
 
 
+@registry.DATASETS.register('synthetic')
 def make_synthetic(num_tasks: int = 2, correlation: float = 0.5, *, input_dim: int = 100,
-                   num_sines: Optional[int] = None, noise_std: Optional[float] = None,
-                   scale: Optional[float] = None, preset: str = 'google',
-                   sizes: Sequence[int] = (10000, 1000, 1000), seed: int = 0,
-                   per_task_inputs: bool = False,
-                   domain_shift: float = 0.0) -> MultiTaskDataset:
+                   preset: str = 'google', num_sines: Optional[int] = None,
+                   noise_std: Optional[float] = None, scale: Optional[float] = None,
+                   sizes: tuple[int, ...] = (10000, 1000, 1000), per_task_inputs: bool = False,
+                   domain_shift: float = 0.0, seed: int = 0) -> MultiTaskDataset:
   """The synthetic data set with ``train``/``val``/``test`` splits of ``sizes`` examples.
 
   Tasks are regressions named ``y1 .. yT``.  Everything is drawn from ``seed``.
+  ``num_sines``, ``noise_std`` and ``scale`` override the ``preset``'s values (None: keep).
 
   ``per_task_inputs``: one input per task (one data set per task, as in Office-31), inputs
   [N, T, D]: task t's example n is x_nt = e_nt + domain_shift * mu_t with e_nt ~ N(0, I) drawn

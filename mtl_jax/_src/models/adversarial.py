@@ -1,4 +1,5 @@
-"""Adversarial shared-private MTL (ASP-MTL; Liu, Qiu & Huang, ACL 2017; reference section 11).
+"""Adversarial shared-private MTL (ASP-MTL; Liu, Qiu & Huang, "Adversarial Multi-task Learning
+for Text Classification", ACL 2017).
 
 One input per task: inputs [B, T, ...], task t's examples at [:, t].  For task t's input x_t:
 
@@ -36,6 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtl_jax._src import registry
 from mtl_jax._src.models.common import check, check_widths
 from mtl_jax._src.models.gradient_reversal import dann_schedule, reverse_gradient
 from mtl_jax._src.models.heads import TaskHeads
@@ -165,10 +167,11 @@ class AdversarialSharedPrivate(nn.Module):
     return predictions
 
 
-def build_adversarial(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False,
-                      disc_hidden=(32,), adv_weight=0.05, diff_weight=0.01, diff='dsn',
-                      reversal=1.0, reversal_schedule='constant', schedule_steps=1000,
-                      fusion='concat', fusion_heads=1):
+@registry.MODELS.register('adversarial')
+def adversarial(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False,
+                disc_hidden=(32,), adv_weight=0.05, diff_weight=0.01, diff='dsn',
+                reversal=1.0, reversal_schedule='constant', schedule_steps=1000,
+                fusion='concat', fusion_heads=1):
   """ASP-MTL with a task discriminator behind gradient reversal; see the module docstring."""
   if per_task_inputs is not True:
     raise ValueError('adversarial.per_task_inputs: the task discriminator needs one input per '
@@ -196,6 +199,3 @@ def build_adversarial(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_in
       adv_weight=float(adv_weight), diff_weight=float(diff_weight), diff=diff,
       reversal=float(reversal), reversal_schedule=reversal_schedule,
       schedule_steps=schedule_steps)
-
-
-BUILDERS = {'adversarial': build_adversarial}

@@ -22,6 +22,7 @@ from typing import Optional, Sequence, Union
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mtl_jax._src import registry
 from mtl_jax._src.models.common import check, check_widths
 from mtl_jax._src.models.stages import Hook, run_hook
 
@@ -76,6 +77,7 @@ class SmallCNN(nn.Module):
     return h
 
 
+@registry.BACKBONES.register('cnn')
 def cnn(channels=(16, 32), kernel_size=3, norm='none', pool=True, output='map', dropout=0.0):
   """A ``SmallCNN``; bad options raise ``ValueError`` naming ``cnn.<field>``."""
   channels = check_widths('cnn.channels', channels)
@@ -91,6 +93,3 @@ def cnn(channels=(16, 32), kernel_size=3, norm='none', pool=True, output='map', 
   check(output in OUTPUTS, 'cnn.output', f'must be one of {OUTPUTS}', output)
   check(0 <= dropout < 1, 'cnn.dropout', 'must be in [0, 1)', dropout)
   return SmallCNN(channels, kernel_size, norm, pool, output, dropout)
-
-
-BUILDERS = {'cnn': cnn}

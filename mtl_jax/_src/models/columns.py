@@ -3,7 +3,7 @@
 Both models run their columns as ONE vmapped module (``Stacked`` over the axis ``'task'``);
 inside a column, the backbone's stage hook gathers every column's activation
 (``jax.lax.all_gather``) and mixes them, so the models work over any backbone of the stage
-protocol (``mtl_jax.models.stages``) and compile once whatever T.  A mixing parameter created
+protocol (``stages.py``) and compile once whatever T.  A mixing parameter created
 in the hook belongs to one column (leading axis = column index): column i owns row i of the
 mixing matrix.
 
@@ -11,7 +11,9 @@ mixing matrix.
       x~_i = sum_j alpha_ij x_j        (i, j = 1..T),
   alpha per channel ([T, T, C], the last axis of the stage output) or per column pair
   ([T, T]); init alpha_ii = alpha_self, alpha_ij = (1 - alpha_self) / (T - 1) (rows sum to 1).
-* ``residual`` (lateral residual links, reference notes section 10): after each linked stage
+* ``residual`` (lateral residual links between task columns, a design of this library; with
+  ``direction='previous'`` akin to progressive networks' lateral connections, Rusu et al.,
+  2016): after each linked stage
       h_t <- u_t + sum_{s != t} gamma_ts u_s + beta_t u_shared,
   gamma, beta initialised at 0 (training starts as independent columns); ``direction=
   'previous'`` keeps only the links s < t (ordered tasks); ``detach`` stops the gradient
@@ -37,6 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtl_jax._src import registry
 from mtl_jax._src.models.common import check
 from mtl_jax._src.models.experts import check_per_task_inputs, fold_tasks, unfold_tasks
 from mtl_jax._src.models.heads import TaskHeads
@@ -164,8 +167,9 @@ class ColumnModel(nn.Module):
     return self.heads(self.representation(x, train), train)
 
 
-def _cross_stitch(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False,
-                  stitch='all', granularity='channel', alpha_self=0.9):
+@registry.MODELS.register('cross_stitch')
+def cross_stitch(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False,
+                 stitch='all', granularity='channel', alpha_self=0.9):
   """Cross-stitch networks: x~_i = sum_j alpha_ij x_j at the stitch points (after every stage
   by default); alpha per channel or scalar, init alpha_ii = alpha_self, the rest of each row
   (1 - alpha_self) / (T - 1).  Shared: columns and alphas; task: towers."""
@@ -183,8 +187,9 @@ def _cross_stitch(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs
                      model_name='cross_stitch')
 
 
-def _residual(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False, links='all',
-              shared_stream=True, detach=False, direction='all'):
+@registry.MODELS.register('residual')
+def residual(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False, links='all',
+             shared_stream=True, detach=False, direction='all'):
   """Task columns with lateral residual links after the linked stages (every stage by default):
   h_t <- u_t + sum_{s != t} gamma_ts u_s + beta_t u_shared, gamma = beta = 0 at init.
 
@@ -206,6 +211,3 @@ def _residual(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=Fal
                      task=TaskHeads(tasks, tuple(tower_hidden), dropout), num_tasks=num_tasks,
                      per_task_inputs=check_per_task_inputs('residual', per_task_inputs),
                      model_name='residual')
-
-
-BUILDERS = {'cross_stitch': _cross_stitch, 'residual': _residual}

@@ -1,4 +1,9 @@
-"""Option checks shared by the model builders: errors name ``<module>.<field>``."""
+"""The parameter split's names and the option checks shared by the model builders (errors
+name ``<module>.<field>``)."""
+
+# The two top-level subtrees of every model's parameters: 'shared' holds the parameters on
+# which more than one task's loss depends, 'task' the task-specific ones.
+SHARED, TASK = 'shared', 'task'
 
 
 def check(condition: bool, field: str, message: str, value) -> None:

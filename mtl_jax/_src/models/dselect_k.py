@@ -16,7 +16,7 @@ saturate (|z| >= gamma/2) each r(z_i) is one-hot, so at most k experts have non-
 When n is not a power of 2 the codes l >= n are unreachable and q sums to <= 1.
 
 Auxiliary losses, sown in training (``aux_loss/entropy``, ``aux_loss/reachability``), summed
-over tasks, selectors and (per-example gates) examples, as the reference's ``add_loss``:
+over tasks, selectors and (per-example gates) examples, as in google-research's ``add_loss``:
     entropy      = entropy_reg * sum -r_l log(r_l + 1e-6)
     reachability = sum 1 / sum_{l<n} r_l          (only when n is not a power of 2)
 
@@ -37,9 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtl_jax._src import registry
 from mtl_jax._src.models.common import check
 from mtl_jax._src.models.experts import (Experts, check_count, check_per_task_inputs, flatten,
-                                    fold_tasks, mix_per_task, stack, tasks_first, unfold_tasks)
+                                         fold_tasks, mix_per_task, stack, tasks_first, unfold_tasks)
 from mtl_jax._src.models.heads import TaskHeads
 
 EPSILON = 1e-6
@@ -150,8 +151,9 @@ class DSelectK(nn.Module):
     return predictions
 
 
-def _dselect_k(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False,
-               num_experts=8, k=2, gamma=1.0, entropy_reg=1e-6, per_example=True):
+@registry.MODELS.register('dselect_k')
+def dselect_k(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False,
+              num_experts=8, k=2, gamma=1.0, entropy_reg=1e-6, per_example=True):
   """Per-task DSelect-k gates over shared experts (see the module docstring)."""
   n = check_count('dselect_k.num_experts', num_experts)
   check(type(k) is int and k >= 1, 'dselect_k.k', 'must be >= 1', k)
@@ -165,6 +167,3 @@ def _dselect_k(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=Fa
   return DSelectK(shared=Experts(backbone, n),
                   task=DSelectKHeads(heads, n, k, float(gamma), per_example, per_task_inputs),
                   entropy_reg=float(entropy_reg), per_task_inputs=per_task_inputs)
-
-
-BUILDERS = {'dselect_k': _dselect_k}

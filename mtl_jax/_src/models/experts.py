@@ -1,5 +1,5 @@
-"""Mixture-of-experts models: OMoE and MMoE (Ma et al., KDD 2018); DSelect-k, CGC and PLE live
-in ``dselect_k.py`` and ``ple.py`` and are registered here too (``BUILDERS``).
+"""Mixture-of-experts models: OMoE and MMoE (Ma et al., KDD 2018), and the expert, gate and
+per-task-input helpers that DSelect-k (``dselect_k.py``) and CGC/PLE (``ple.py``) build on.
 
 Experts f_1..f_n are copies of the backbone with parameters stacked on an expert axis
 (``Stacked``): one vmapped network, output [n, B, ...].  Gates read the flattened input:
@@ -34,6 +34,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mtl_jax._src import registry
 from mtl_jax._src.models.common import check, check_widths
 from mtl_jax._src.models.heads import TaskHeads
 from mtl_jax._src.models.mlp import MLP
@@ -213,8 +214,9 @@ class MMoE(nn.Module):
     return self.heads(self.representation(x, train), train, inputs=x)
 
 
-def _omoe(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False, num_experts=8,
-          gate_bias=False, gate_hidden=(), gate_dropout=0.0):
+@registry.MODELS.register('omoe')
+def omoe(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False, num_experts=8,
+         gate_bias=False, gate_hidden=(), gate_dropout=0.0):
   """OMoE: y_t = h_t(sum_i softmax(W_g x)_i f_i(x)); shared: experts + gate."""
   num = check_count('omoe.num_experts', num_experts)
   hidden = check_gate_options('omoe', gate_bias, gate_hidden, gate_dropout)
@@ -224,8 +226,9 @@ def _omoe(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False, 
       per_task_inputs=check_per_task_inputs('omoe', per_task_inputs))
 
 
-def _mmoe(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False, num_experts=8,
-          gate_bias=False, gate_hidden=(), gate_dropout=0.0):
+@registry.MODELS.register('mmoe')
+def mmoe(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False, num_experts=8,
+         gate_bias=False, gate_hidden=(), gate_dropout=0.0):
   """MMoE: y_t = h_t(sum_i softmax(W_{g,t} x)_i f_i(x)); shared: experts."""
   num = check_count('mmoe.num_experts', num_experts)
   hidden = check_gate_options('mmoe', gate_bias, gate_hidden, gate_dropout)
@@ -234,9 +237,3 @@ def _mmoe(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False, 
               task=PerTaskGatedHeads(TaskHeads(tasks, tuple(tower_hidden), dropout), num,
                                      hidden, gate_bias, float(gate_dropout), per_task_inputs),
               per_task_inputs=per_task_inputs)
-
-
-# Defined after the helpers above, which dselect_k and ple import.
-from mtl_jax._src.models import dselect_k, ple  # noqa: E402  pylint: disable=g-import-not-at-top
-
-BUILDERS = {'omoe': _omoe, 'mmoe': _mmoe, **dselect_k.BUILDERS, **ple.BUILDERS}

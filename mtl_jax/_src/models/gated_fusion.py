@@ -1,4 +1,4 @@
-"""Gated fusion of task outputs (reference notes, section 9; library design).
+"""Gated fusion of task outputs (a design of this library, not a published model).
 
 A shared trunk (the backbone) gives z; T task networks ("columns": MLPs of widths
 ``tower_hidden`` on z, stacked on the task axis and vmapped) give features H_i, and every column
@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtl_jax._src import registry
 from mtl_jax._src.models.common import check
 from mtl_jax._src.models.experts import check_per_task_inputs, fold_tasks, unfold_tasks
 from mtl_jax._src.models.mlp import MLP
@@ -129,8 +130,9 @@ class GatedFusion(nn.Module):
     return self.heads(self.representation(x, train), train)
 
 
-def build_gated_fusion(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False,
-                       context='representation', detach_predictions=False):
+@registry.MODELS.register('gated_fusion')
+def gated_fusion(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False,
+                 context='representation', detach_predictions=False):
   """T columns predicting every task, fused per task by sigmoid gates; see the module
   docstring."""
   check(context in CONTEXTS, 'gated_fusion.context', f'must be one of {CONTEXTS}', context)
@@ -139,6 +141,3 @@ def build_gated_fusion(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_i
   return GatedFusion(shared=FusionTrunk(backbone, len(tasks), tuple(tower_hidden), dropout),
                      task=FusionHeads(tasks, context, detach_predictions),
                      per_task_inputs=check_per_task_inputs('gated_fusion', per_task_inputs))
-
-
-BUILDERS = {'gated_fusion': build_gated_fusion}

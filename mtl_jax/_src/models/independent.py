@@ -10,6 +10,8 @@ clipping, a shared schedule).  The single-task baseline of Delta-m comparisons.
 
 import flax.linen as nn
 
+from mtl_jax._src import registry
+from mtl_jax._src.models.heads import TaskHeads
 from mtl_jax._src.models.shared_bottom import task_major
 from mtl_jax._src.models.stacked import Stacked
 
@@ -37,3 +39,10 @@ class Independent(nn.Module):
 
   def __call__(self, x, train: bool = False):
     return self.task(x, train)
+
+
+@registry.MODELS.register('independent')
+def independent(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False):
+  """One backbone copy and tower per task, nothing shared: y_t = h_t(f_t(x))."""
+  return Independent(task=IndependentColumns(
+      backbone, TaskHeads(tasks, tuple(tower_hidden), dropout), len(tasks), per_task_inputs))

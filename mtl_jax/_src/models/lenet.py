@@ -1,4 +1,5 @@
-"""The LeNet-style shared encoders of the MultiMNIST benchmarks (shared/reference/benchmarks.md (d)).
+"""The LeNet-style shared encoders of the MultiMNIST benchmarks (two digits per image, one
+task per digit).
 
 ``variant='sener'`` (Sener & Koltun, 2018), on 28x28 images:
 
@@ -11,8 +12,8 @@
       -> flatten (500) -> dense 50 -> relu
 
 Convolutions are 'VALID', stride 1.  The channel dropout drops whole feature maps (one mask
-per example and channel) and, unlike the reference's hand-made mask, rescales by 1/(1-p)
-(standard dropout).  Stages: ``conv0``, ``conv1``, ``fc`` (each followed by the hook).
+per example and channel) and, unlike the hand-made mask of Sener & Koltun's code, rescales
+by 1/(1-p) (standard dropout).  Stages: ``conv0``, ``conv1``, ``fc`` (each followed by the hook).
 """
 
 from typing import Optional
@@ -20,6 +21,7 @@ from typing import Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mtl_jax._src import registry
 from mtl_jax._src.models.cnn import as_feature_map
 from mtl_jax._src.models.common import check
 from mtl_jax._src.models.stages import Hook, run_hook
@@ -57,6 +59,7 @@ class LeNet(nn.Module):
     return run_hook(hook, 'fc', h)
 
 
+@registry.BACKBONES.register('lenet')
 def lenet(variant='sener', features=50, dropout=0.0):
   """A ``LeNet``; bad options raise ``ValueError`` naming ``lenet.<field>``."""
   check(variant in VARIANTS, 'lenet.variant', f'must be one of {VARIANTS}', variant)
@@ -64,6 +67,3 @@ def lenet(variant='sener', features=50, dropout=0.0):
         features)
   check(0 <= dropout < 1, 'lenet.dropout', 'must be in [0, 1)', dropout)
   return LeNet(variant, features, dropout)
-
-
-BUILDERS = {'lenet': lenet}

@@ -5,6 +5,8 @@ from typing import Callable, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mtl_jax._src import registry
+from mtl_jax._src.models.common import check_widths
 from mtl_jax._src.models.stages import Hook, run_hook
 
 
@@ -34,3 +36,10 @@ class MLP(nn.Module):
           x = nn.Dropout(self.dropout, deterministic=not train)(x)
       x = run_hook(hook, f'layer{i}', x)
     return x
+
+
+@registry.BACKBONES.register('mlp')
+def mlp(hidden=(64,), dropout=0.0):
+  """An ``MLP`` of widths ``hidden`` (ReLU after every layer, the last included); bad widths
+  raise ``ValueError`` naming ``mlp.hidden``."""
+  return MLP(check_widths('mlp.hidden', hidden), dropout=dropout)

@@ -32,6 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtl_jax._src import registry
 from mtl_jax._src.models.columns import stage_option
 from mtl_jax._src.models.experts import check_per_task_inputs, fold_tasks, unfold_tasks
 from mtl_jax._src.models.heads import TaskHeads
@@ -49,7 +50,7 @@ def _resize(prev, p, prev_name: str, name: str):
   return jax.image.resize(prev, p.shape[:-1] + prev.shape[-1:], 'linear')
 
 
-class TaskAttention(nn.Module):
+class AttentionPath(nn.Module):
   """One task's attention path over the recorded stage outputs; returns t^(J).
 
   Sows the masks ``mask_<stage>`` and task features ``feature_<stage>`` as 'intermediates'.
@@ -82,7 +83,7 @@ class MTANHeads(nn.Module):
 
   @nn.compact
   def __call__(self, features, train: bool = False, stacked: bool = False):
-    attention = nn.vmap(TaskAttention, in_axes=0 if stacked else None, out_axes=0,
+    attention = nn.vmap(AttentionPath, in_axes=0 if stacked else None, out_axes=0,
                         variable_axes={'params': 0, 'batch_stats': 0, 'intermediates': 0},
                         split_rngs={'params': True, 'dropout': True},
                         axis_size=len(self.tasks))
@@ -123,13 +124,11 @@ class MTAN(nn.Module):
     return self.heads(self.representation(x, train), train)
 
 
-def _mtan(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False, stages='all'):
+@registry.MODELS.register('mtan')
+def mtan(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False, stages='all'):
   """MTAN over the selected stages of any backbone (every stage by default).  Shared: the
   backbone; task: attention masks, projections f_t and towers."""
   stages = stage_option('mtan', 'stages', stages, backbone)
   return MTAN(shared=backbone,
               task=MTANHeads(tasks, stages, tuple(tower_hidden), dropout), stages=stages,
               per_task_inputs=check_per_task_inputs('mtan', per_task_inputs))
-
-
-BUILDERS = {'mtan': _mtan}

@@ -46,10 +46,11 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mtl_jax._src import registry
 from mtl_jax._src.models.common import check, check_widths
 from mtl_jax._src.models.experts import (GateOptions, check_count, check_gate_options,
-                                    check_per_task_inputs, fold_tasks, mix, mix_per_task, stack,
-                                    tasks_first, unfold_tasks)
+                                         check_per_task_inputs, fold_tasks, mix, mix_per_task,
+                                         stack, tasks_first, unfold_tasks)
 from mtl_jax._src.models.heads import TaskHeads
 from mtl_jax._src.models.mlp import MLP
 from mtl_jax._src.models.shared_bottom import diagonal
@@ -221,23 +222,22 @@ def _build(model, tasks, backbone, tower_hidden, dropout, per_task_inputs, num_l
              model_name=model, per_task_inputs=per_task_inputs)
 
 
-def _cgc(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False,
-         num_task_experts=1, num_shared_experts=1, gate_bias=False, gate_hidden=(),
-         gate_dropout=0.0):
+@registry.MODELS.register('cgc')
+def cgc(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False,
+        num_task_experts=1, num_shared_experts=1, gate_bias=False, gate_hidden=(),
+        gate_dropout=0.0):
   """CGC: per-task gates over [task k's experts; shared experts]; shared: shared experts."""
   return _build('cgc', tasks, backbone, tower_hidden, dropout, per_task_inputs, 1,
                 num_task_experts, num_shared_experts, (), gate_bias, gate_hidden, gate_dropout)
 
 
-def _ple(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False, num_levels=2,
-         num_task_experts=1, num_shared_experts=1, expert_hidden=(32,), gate_bias=False,
-         gate_hidden=(), gate_dropout=0.0):
+@registry.MODELS.register('ple')
+def ple(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False, num_levels=2,
+        num_task_experts=1, num_shared_experts=1, expert_hidden=(32,), gate_bias=False,
+        gate_hidden=(), gate_dropout=0.0):
   """PLE with DeepCTR's shared gate; levels >= 2 use MLP experts of widths expert_hidden."""
   hidden = check_widths('ple.expert_hidden', expert_hidden)
   check(len(hidden) > 0, 'ple.expert_hidden', 'must have at least one layer', expert_hidden)
   return _build('ple', tasks, backbone, tower_hidden, dropout, per_task_inputs, num_levels,
                 num_task_experts, num_shared_experts, hidden, gate_bias, gate_hidden,
                 gate_dropout)
-
-
-BUILDERS = {'cgc': _cgc, 'ple': _ple}

@@ -14,6 +14,9 @@ z per task (leading axis T) and task t must read only copy t.
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mtl_jax._src import registry
+from mtl_jax._src.models.heads import TaskHeads
+
 
 def task_major(x, num_tasks: int):
   """Per-task inputs [B, T, ...] as [T, B, ...] (with a check of the task axis)."""
@@ -51,3 +54,10 @@ class SharedBottom(nn.Module):
 
   def __call__(self, x, train: bool = False):
     return self.heads(self.representation(x, train), train)
+
+
+@registry.MODELS.register('shared_bottom')
+def shared_bottom(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False):
+  """Hard parameter sharing: the backbone as the shared trunk, one tower per task."""
+  return SharedBottom(shared=backbone, task=TaskHeads(tasks, tuple(tower_hidden), dropout),
+                      per_task_inputs=per_task_inputs)

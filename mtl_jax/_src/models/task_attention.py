@@ -1,4 +1,5 @@
-"""Multi-head attention across task subspaces (reference notes, section 8; library design).
+"""Multi-head attention across task subspaces (a design of this library, not a published
+model).
 
 Backbone output h.
 
@@ -47,6 +48,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from mtl_jax._src import registry
 from mtl_jax._src.models.common import check
 from mtl_jax._src.models.experts import check_per_task_inputs, fold_tasks, unfold_tasks
 from mtl_jax._src.models.heads import TaskHeads
@@ -148,9 +150,10 @@ class TaskAttention(nn.Module):
     return self.heads(self.representation(x, train), train)
 
 
-def build_task_attention(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False,
-                         subspace_dim=32, num_heads=4, num_blocks=1, mask='none',
-                         token_attention=False):
+@registry.MODELS.register('task_attention')
+def task_attention(tasks, backbone, tower_hidden=(), dropout=0.0, per_task_inputs=False,
+                   subspace_dim=32, num_heads=4, num_blocks=1, mask='none',
+                   token_attention=False):
   """Cross-task attention over per-task subspace tokens (optionally per-task token attention
   first); see the module docstring."""
   check(type(subspace_dim) is int and subspace_dim >= 1, 'task_attention.subspace_dim',
@@ -168,6 +171,3 @@ def build_task_attention(tasks, backbone, tower_hidden=(), dropout=0.0, per_task
                              token_attention)
   return TaskAttention(shared=trunk, task=TaskHeads(tasks, tuple(tower_hidden), dropout),
                        per_task_inputs=check_per_task_inputs('task_attention', per_task_inputs))
-
-
-BUILDERS = {'task_attention': build_task_attention}

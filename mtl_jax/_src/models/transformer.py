@@ -23,6 +23,7 @@ from typing import Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mtl_jax._src import registry
 from mtl_jax._src.models.common import check
 from mtl_jax._src.models.stages import Hook, run_hook
 
@@ -104,6 +105,7 @@ def _positive_int(field, value):
   check(type(value) is int and value >= 1, field, 'must be a positive integer', value)
 
 
+@registry.BACKBONES.register('transformer')
 def transformer(d_model=32, num_heads=4, num_layers=2, mlp_ratio=2.0, num_tokens=4, patch_size=4,
                 output='mean', dropout=0.0):
   """A ``TransformerEncoder``; bad options raise ``ValueError`` naming ``transformer.<field>``."""
@@ -119,6 +121,3 @@ def transformer(d_model=32, num_heads=4, num_layers=2, mlp_ratio=2.0, num_tokens
   check(0 <= dropout < 1, 'transformer.dropout', 'must be in [0, 1)', dropout)
   return TransformerEncoder(d_model, num_heads, num_layers, mlp_ratio, num_tokens, patch_size,
                             output, dropout)
-
-
-BUILDERS = {'transformer': transformer}

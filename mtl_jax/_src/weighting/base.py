@@ -7,10 +7,10 @@ A method is a pair of pure functions, in the style of ``optax.GradientTransforma
 
 and declares what it ``needs`` from the engine: loss values only, the Gram matrix
 G = J J^T, the per-task Jacobian J (task-stacked gradients of the shared parameters), or
-per-task gradients w.r.t. the shared representation.  Most methods return coefficients
-alpha [T]; the engine then forms the shared-parameter direction d = alpha^T J as one
-vector-Jacobian product with cotangent alpha.  Methods that are not linear in the gradients
-return ``direction`` themselves (and NaN weights).
+per-task gradients w.r.t. the shared representation.  Every method is linear in the
+gradients: it returns coefficients alpha [T], and the engine forms the shared-parameter
+direction d = alpha^T J (one vector-Jacobian product with cotangent alpha, or a contraction
+of the J in hand).
 """
 
 import dataclasses
@@ -43,11 +43,13 @@ class WeightingInputs(NamedTuple):
 
 
 class WeightingResult(NamedTuple):
-  """A method's output: coefficients alpha [T], its new state, an optional direction."""
+  """A method's output: coefficients alpha [T], its new state, optional scalars to log.
+
+  ``aux`` is None or a dict of scalars (read it as ``result.aux or {}``).
+  """
   weights: jax.Array
   state: PyTree
-  direction: Optional[PyTree] = None
-  aux: dict = {}
+  aux: Optional[dict] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,18 +60,21 @@ class Weighting:
     name: registry key.
     needs: what ``update`` reads from ``WeightingInputs``.
     init: ``num_tasks -> state`` (a pytree; ``()`` for stateless methods).
-    update: ``(WeightingInputs, state, key) -> WeightingResult``; pure and jittable.
+    update: ``(WeightingInputs, state, key) -> WeightingResult``; pure and jittable.  ``key``
+      is a PRNG key, or None for a method that is not ``random``.
     head_grads: 'weighted' (task-specific params get alpha_t * grad L_t, as when
       back-propagating sum_t alpha_t L_t) or 'unweighted' (grad L_t).
     min_tasks: the fewest tasks the method is defined for.
     after_step: optional ``(state, losses_before [T], losses_after [T]) -> state``, called by
       the train step after the parameter update with the losses recomputed on the same batch
       (FAMO's weight update); costs one extra forward pass.
+    random: whether ``update`` reads ``key`` (then a key is required).
   """
   name: str
   needs: Needs
   init: Callable[[int], PyTree]
-  update: Callable[[WeightingInputs, PyTree, jax.Array], WeightingResult]
+  update: Callable[[WeightingInputs, PyTree, Optional[jax.Array]], WeightingResult]
   head_grads: str = 'weighted'
   min_tasks: int = 1
   after_step: Optional[Callable[[PyTree, jax.Array, jax.Array], PyTree]] = None
+  random: bool = False

@@ -1,4 +1,4 @@
-"""From per-task losses to parameter gradients, inside the train step.
+"""The engine: from per-task losses to the parameter gradients a weighting method asks for.
 
 Loss-only methods: one forward pass and one VJP with cotangent alpha,
 
@@ -6,54 +6,138 @@ Loss-only methods: one forward pass and one VJP with cotangent alpha,
 
 Gradient methods, ``mode='param'``: the rows of J (per-task gradients of the shared
 parameters) come from ``vmap`` over pullbacks; G = J J^T and d = alpha^T J (a contraction of
-the J already in hand, cheaper than another backward pass).  When the model's heads can read
-one copy of the representation z per task, a single backward pass through the heads gives
-every dL_t/dz, and only the trunk is pulled back T times: forward + 1 head backward + T trunk
-backward passes.  Otherwise each row is a pullback through the whole network.
+the J already in hand, cheaper than another backward pass).  When the model splits into a
+trunk z = f(shared) and heads that can read one copy of z per task, a single backward pass
+through the heads gives every dL_t/dz, and only the trunk is pulled back T times: forward +
+1 head backward + T trunk backward passes.  Otherwise each row is a pullback through the
+whole network.
 
 ``mode='rep'``: the rows are the per-task gradients dL_t/dz of the shared representation; the
-method's combined cotangent sum_t alpha_t dL_t/dz (or its own direction in z-space) is pushed
-through the trunk exactly, in one VJP.  Cheaper when z is smaller than the shared parameters.
+combined cotangent sum_t alpha_t dL_t/dz is pushed through the trunk exactly, in one VJP
+(MGDA-UB, Sener & Koltun 2018).  Cheaper when z is smaller than the shared parameters.
 
 Task-specific parameters get grad L_t ('unweighted', default for gradient methods) or
 alpha_t grad L_t ('weighted').
 
-Auxiliary losses (a model's regularisers, an adversarial discriminator's loss): when
-``losses_fn`` returns T + K values, the last K are added to the objective with weight 1,
-outside the weighting: grads = (method's combination of the T task gradients) +
-grad sum_k R_k.  The method never sees them.  Loss-only methods fold them into the same VJP;
-gradient methods pull them back as one extra row of the vmapped VJP.
+Auxiliary losses (a model's regularisers, an adversarial discriminator's loss), returned by
+``LossFns.full`` as ``{name: scalar}``, are added to the objective with weight 1, outside the
+weighting: grads = (the method's combination of the T task gradients) + grad sum_k R_k.  The
+method never sees them.  Loss-only methods fold them into the same VJP; gradient methods pull
+them back as one extra row of the vmapped VJP.
 
-Task sampling (``subset``, k task indices drawn per step): the method sees the k sampled
-tasks only (their losses, Gram matrix, Jacobian rows) and returns k weights, scattered
-into [T] with 0 for the others; gradient methods pull back k rows instead of T.  Only
-stateless methods qualify (a per-task state has no meaning for a varying subset).
+Task sampling (``Options.task_sampling`` = k): k tasks drawn per step; the method sees the
+sampled tasks only (losses, Gram matrix, Jacobian rows) and returns k weights, scattered into
+[T] with 0 for the others; gradient methods pull back k rows instead of T.
+
+``check`` holds every compatibility rule between a method, the options and the model.
 """
 
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
-from mtl_jax._src.weighting.base import Needs, Weighting, WeightingInputs, WeightingResult
+from mtl_jax._src.weighting.base import Needs, Weighting, WeightingInputs
 from mtl_jax._src.weighting.jacobian import gram, rows, weighted_sum
 
+PyTree = Any
 MODES = ('param', 'rep')
 HEAD_GRADS = ('weighted', 'unweighted')
 
 
+class LossFns(NamedTuple):
+  """The loss functions of one batch.
+
+  Attributes:
+    full: ``params -> (losses [T], aux_losses {name: scalar}, model_state)``, params being
+      ``{'shared': ..., 'task': ...}``.
+    trunk: optional ``shared -> (z, model_state)``, the shared representation.
+    heads: optional ``(z_T, task_params) -> (losses [T], model_state)`` where task t reads only
+      ``z_T[t]`` (a per-task copy of z; leaves ``[T, ...]``).  ``full`` must equal the heads
+      on T copies of the trunk's z.
+    merge: ``(trunk state, heads state) -> model_state`` (with ``trunk`` and ``heads``).
+    num_tasks: T (with ``trunk`` and ``heads``: the number of copies of z).
+  """
+  full: Callable
+  trunk: Optional[Callable] = None
+  heads: Optional[Callable] = None
+  merge: Optional[Callable] = None
+  num_tasks: Optional[int] = None
+
+
+class Options(NamedTuple):
+  """How the engine computes gradients (``check`` validates them).
+
+  Attributes:
+    mode: 'param' (per-task gradients of the shared parameters) or 'rep' (of the shared
+      representation; needs ``LossFns.trunk``/``heads``).  Loss-only methods ignore it.
+    chunk_size: pull back this many tasks at a time (``lax.map``) to bound memory; None: all.
+    head_grads: 'weighted' or 'unweighted' task-specific gradients; None: the method's.
+    task_sampling: k in (0, T) trains k tasks drawn uniformly without replacement per step;
+      0 or T: every task.
+  """
+  mode: str = 'param'
+  chunk_size: Optional[int] = None
+  head_grads: Optional[str] = None
+  task_sampling: int = 0
+
+
 class EngineOutput(NamedTuple):
-  losses: jax.Array        # [T]
-  grads: dict              # {'shared': ..., 'task': ...}
-  result: WeightingResult  # weights (stop-gradient) and the method's new state
-  aux: object              # the loss function's aux, or (trunk aux, heads aux) if split
-  split: bool = False      # True when computed through rep_fn and the heads separately
-  extra: Optional[jax.Array] = None  # [K] auxiliary losses (weight 1, unseen by the method)
+  """What a train step needs, in its final form."""
+  losses: jax.Array          # [T] task losses
+  aux_losses: dict           # {name: scalar} auxiliary losses (weight 1, unseen by the method)
+  grads: PyTree              # like params: the combined gradient
+  weights: jax.Array         # [T] the method's coefficients (0 for tasks not sampled)
+  state: PyTree              # the method's new state
+  model_state: PyTree        # the model's new non-parameter state
+  diagnostics: dict          # the method's own diagnostics ({name: scalar})
 
 
-def _with_extra(weights, num_extra):
-  """The cotangent (weights, 1, ..., 1) for task losses followed by K auxiliary losses."""
-  return jnp.concatenate([weights, jnp.ones((num_extra,), weights.dtype)])
+class OptionError(ValueError):
+  """A method, option and model that do not go together; ``field`` names the option."""
+
+  def __init__(self, field: str, message: str):
+    super().__init__(f'{field}: {message}')
+    self.field = field
+
+
+def check(method: Weighting, num_tasks: int, options: Options, splits: bool) -> None:
+  """Raises ``OptionError`` unless ``method`` can train ``num_tasks`` tasks with ``options``
+  on a model that does (``splits``) or does not expose a trunk/heads split."""
+  if num_tasks < method.min_tasks:
+    raise OptionError('weighting', f'{method.name!r} needs at least {method.min_tasks} '
+                      f'tasks, got {num_tasks}')
+  if options.mode not in MODES:
+    raise OptionError('mode', f'must be one of {MODES}, got {options.mode!r}')
+  if options.mode == 'rep' and not splits:
+    raise OptionError('mode', "'rep' needs a model with representation() and heads() "
+                      'methods (a shared representation)')
+  if options.head_grads not in (None,) + HEAD_GRADS:
+    raise OptionError('head_grads', f'must be one of {HEAD_GRADS} or None, got '
+                      f'{options.head_grads!r}')
+  chunk = options.chunk_size
+  if chunk is not None and (type(chunk) is not int or chunk < 1):
+    raise OptionError('chunk_size', f'must be a positive integer or None, got {chunk!r}')
+  k = options.task_sampling
+  if type(k) is not int or not 0 <= k <= num_tasks:
+    raise OptionError('task_sampling', f'must be an integer in [0, {num_tasks}] (0: off), '
+                      f'got {k!r}')
+  if 0 < k < num_tasks:
+    if jax.tree_util.tree_leaves(method.init(num_tasks)) or method.after_step is not None:
+      raise OptionError('task_sampling', f'weighting {method.name!r} keeps per-task state, '
+                        'which has no meaning for a varying subset of tasks; use a stateless '
+                        'method')
+    if k < method.min_tasks:
+      raise OptionError('task_sampling', f'weighting {method.name!r} needs at least '
+                        f'{method.min_tasks} tasks per step, got {k}')
+
+
+def _sample(key, num_tasks, k):
+  """The sorted task indices trained this step, or None for every task."""
+  if not 0 < k < num_tasks:
+    return None
+  draw = jax.random.choice(jax.random.fold_in(key, 1), num_tasks, (k,), replace=False)
+  return jnp.sort(draw)
 
 
 def _scatter(weights, subset, num):
@@ -68,140 +152,140 @@ def _active(subset, num, dtype):
   return _scatter(jnp.ones((num if subset is None else subset.shape[0],), dtype), subset, num)
 
 
-def _inputs(method, losses, step, jac, num=None):
+def _with_aux(cotangent, aux_losses):
+  """(task cotangent, 1, ..., 1): the auxiliary losses enter with weight 1."""
+  ones = jnp.ones((len(aux_losses),), cotangent.dtype)
+  return jnp.concatenate([cotangent, ones])
+
+
+def _run(method, losses, step, jac, state, key, num):
+  """The method on k tasks' losses (and Jacobian rows): (weights [k], new state, diagnostics)."""
   needs_grads = method.needs in (Needs.GRAM, Needs.JACOBIAN)
-  return WeightingInputs(losses=jax.lax.stop_gradient(losses), step=step,
-                         gram=gram(jac, num) if needs_grads else None,
-                         jacobian=jac if method.needs is Needs.JACOBIAN else None)
-
-
-def _run(method, inputs, state, key, num):
+  inputs = WeightingInputs(losses=jax.lax.stop_gradient(losses), step=step,
+                           gram=gram(jac, num) if needs_grads else None,
+                           jacobian=jac if method.needs is Needs.JACOBIAN else None)
   result = method.update(inputs, state, key)
   weights = jax.lax.stop_gradient(result.weights)
   if weights.shape != (num,):
     raise ValueError(f'weighting {method.name!r} returned weights of shape {weights.shape} '
                      f'for {num} tasks')
-  return result._replace(weights=weights)
+  return weights, result.state, dict(result.aux or {})
 
 
-def task_gradients(method: Weighting, params, state, key, step, *, losses_fn: Callable,
-                   rep_fn: Optional[Callable] = None, head_fn: Optional[Callable] = None,
-                   stacked_head_fn: Optional[Callable] = None, num_tasks: Optional[int] = None,
-                   mode: str = 'param', chunk_size: Optional[int] = None,
-                   head_grads: Optional[str] = None,
-                   subset: Optional[jax.Array] = None) -> EngineOutput:
-  """Per-task losses, combined gradients and the method's result for one batch.
+def _flat_losses(full):
+  """``full`` as ``params -> ([T + K] task then auxiliary losses, (T losses' aux dict, state))``
+  with the auxiliary losses in sorted name order."""
+  def fn(params):
+    losses, aux_losses, model_state = full(params)
+    extra = [aux_losses[k].astype(losses.dtype) for k in sorted(aux_losses)]
+    out = jnp.concatenate([losses, jnp.stack(extra)]) if extra else losses
+    return out, (aux_losses, model_state)
+  return fn
+
+
+def task_gradients(method: Weighting, params, state, key, step, fns: LossFns,
+                   options: Options = Options(), subset=None) -> EngineOutput:
+  """Per-task losses, the combined gradient and the method's result for one batch.
 
   Args:
-    method: the weighting method.
+    method: the weighting method (``check`` it with ``options`` first).
     params: ``{'shared': ..., 'task': ...}``.
-    losses_fn: ``params -> ([T] losses, aux)``.
-    rep_fn, head_fn: ``shared -> (z, aux)`` and ``(z, task_params) -> ([T] losses, aux)``;
-      their composition equals ``losses_fn``.  Needed for ``mode='rep'``.
-    stacked_head_fn: optional ``(z_T, task_params) -> ([T] losses, aux)`` where task t reads
-      only ``z_T[t]`` (a per-task copy of z).  With it, one backward pass through the heads
-      gives all dL_t/dz, and only the trunk is pulled back T times (``num_tasks`` needed).
-    num_tasks: T; ``losses_fn`` may return T + K values, the last K auxiliary losses.
-    mode: 'param' or 'rep' (ignored by loss-only methods).
-    chunk_size: pull back this many tasks at a time (``lax.map``), to bound memory.
-    head_grads: overrides ``method.head_grads``.
-    subset: optional [k] int indices of the tasks trained this step (task sampling); the
-      others get weight 0 and no gradient.  The method must be stateless.
+    state: the method's state; ``key``: its PRNG key (the task-sampling draw folds in 1);
+    step: the number of updates applied so far (scalar int).
+    fns: the batch's loss functions; ``trunk``/``heads`` enable the one-head-pass Jacobian
+      and ``mode='rep'``.
+    options: see ``Options``.
+    subset: optional [k] sorted task indices to train this step, instead of the draw of
+      ``options.task_sampling`` (the method must be stateless, as for task sampling).
   """
-  head_grads = head_grads or method.head_grads
-  if mode not in MODES or head_grads not in HEAD_GRADS:
-    raise ValueError(f'mode must be one of {MODES} and head_grads one of {HEAD_GRADS}, got '
-                     f'{mode!r}, {head_grads!r}')
-
-  if subset is not None and jax.tree_util.tree_leaves(state):
-    raise ValueError(f'task sampling needs a stateless weighting; {method.name!r} keeps '
-                     'per-task state')
-  pick = (lambda x: x) if subset is None else (lambda x: x[subset])
-
+  args = (method, params, state, key, step, fns, options, subset)
   if method.needs is Needs.LOSSES:
-    all_losses, vjp_fn, aux = jax.vjp(losses_fn, params, has_aux=True)
-    num = num_tasks or all_losses.shape[0]
-    losses, extra = all_losses[:num], all_losses[num:]
-    picked = pick(losses)
-    result = _run(method, _inputs(method, picked, step, None), state, key, picked.shape[0])
-    if result.direction is not None:
-      raise ValueError(f'weighting {method.name!r} needs loss values only but returned a '
-                       'direction')
-    result = result._replace(weights=_scatter(result.weights, subset, num))
-    (grads,) = vjp_fn(_with_extra(result.weights.astype(losses.dtype), extra.shape[0]))
-    if head_grads == 'unweighted':
-      active = _active(subset, num, losses.dtype)
-      grads = dict(grads, task=vjp_fn(_with_extra(active, extra.shape[0]))[0]['task'])
-    return EngineOutput(losses, grads, result, aux, extra=extra)
+    return _loss_only(*args)
+  if fns.trunk is not None and fns.heads is not None:
+    return _through_representation(*args)
+  if options.mode == 'rep':
+    raise OptionError('mode', "'rep' needs loss functions with a trunk and heads")
+  return _whole_network(*args)
 
-  if stacked_head_fn is not None and rep_fn is not None:
-    return _through_representation(method, params, state, key, step, rep_fn, stacked_head_fn,
-                                   num_tasks, mode, chunk_size, head_grads, subset)
-  if mode == 'rep':
-    raise ValueError("mode='rep' needs a model with a shared representation "
-                     '(representation/heads methods)')
 
-  # Generic path: rows of J from vmapped pullbacks through the whole network.
-  split = lambda shared, task: losses_fn({'shared': shared, 'task': task})
-  all_losses, vjp_fn, aux = jax.vjp(split, params['shared'], params['task'], has_aux=True)
-  num = num_tasks or all_losses.shape[0]
-  losses, num_extra = all_losses[:num], all_losses.shape[0] - num
-  # Rows e_1..e_T (or the sampled tasks' e_t), plus (0, 1_K) for the auxiliary losses'
-  # summed gradient.
-  cotangents = pick(jnp.eye(num, num + num_extra, dtype=losses.dtype))
-  rows_used = cotangents.shape[0]
-  if num_extra:
-    cotangents = jnp.concatenate([cotangents, _with_extra(jnp.zeros_like(losses),
-                                                          num_extra)[None]])
-  jac = rows(vjp_fn, cotangents, chunk_size=chunk_size, argnum=0)
-  extra_grad = None
-  if num_extra:
-    extra_grad = jax.tree.map(lambda leaf: leaf[rows_used], jac)
-    jac = jax.tree.map(lambda leaf: leaf[:rows_used], jac)
-  result = _run(method, _inputs(method, pick(losses), step, jac, rows_used), state, key,
-                rows_used)
-  alpha = result.weights.astype(losses.dtype)
-  shared = result.direction if result.direction is not None else weighted_sum(jac, alpha)
-  if extra_grad is not None:
-    shared = jax.tree.map(jnp.add, shared, extra_grad)
-  result = result._replace(weights=_scatter(result.weights, subset, num))
-  head_cotangent = (result.weights.astype(losses.dtype) if head_grads == 'weighted'
+def _loss_only(method, params, state, key, step, fns, options, subset):
+  """One VJP with cotangent (alpha, 1_K) (and one with (1, 1_K) for unweighted heads)."""
+  all_losses, vjp_fn, (aux_losses, model_state) = jax.vjp(_flat_losses(fns.full), params,
+                                                          has_aux=True)
+  num = all_losses.shape[0] - len(aux_losses)
+  losses = all_losses[:num]
+  subset = _sample(key, num, options.task_sampling) if subset is None else subset
+  picked = losses if subset is None else losses[subset]
+  weights, new_state, diagnostics = _run(method, picked, step, None, state, key,
+                                         picked.shape[0])
+  weights = _scatter(weights, subset, num)
+  (grads,) = vjp_fn(_with_aux(weights.astype(losses.dtype), aux_losses))
+  if (options.head_grads or method.head_grads) == 'unweighted':
+    active = _with_aux(_active(subset, num, losses.dtype), aux_losses)
+    grads = dict(grads, task=vjp_fn(active)[0]['task'])
+  return EngineOutput(losses, aux_losses, grads, weights, new_state, model_state, diagnostics)
+
+
+def _whole_network(method, params, state, key, step, fns, options, subset):
+  """Rows of J from vmapped pullbacks through the whole network."""
+  split = lambda shared, task: _flat_losses(fns.full)({'shared': shared, 'task': task})
+  all_losses, vjp_fn, (aux_losses, model_state) = jax.vjp(
+      split, params['shared'], params['task'], has_aux=True)
+  num_aux = len(aux_losses)
+  num = all_losses.shape[0] - num_aux
+  losses = all_losses[:num]
+  subset = _sample(key, num, options.task_sampling) if subset is None else subset
+  # Rows e_t of the trained tasks, plus (0, 1_K): the auxiliary losses' summed gradient.
+  cotangents = jnp.eye(num, num + num_aux, dtype=losses.dtype)
+  cotangents = cotangents if subset is None else cotangents[subset]
+  used = cotangents.shape[0]
+  if num_aux:
+    aux_row = _with_aux(jnp.zeros_like(losses), aux_losses)[None]
+    cotangents = jnp.concatenate([cotangents, aux_row])
+  jac = rows(vjp_fn, cotangents, chunk_size=options.chunk_size, argnum=0)
+  aux_grad = jax.tree.map(lambda leaf: leaf[used], jac) if num_aux else None
+  jac = jax.tree.map(lambda leaf: leaf[:used], jac) if num_aux else jac
+  picked = losses if subset is None else losses[subset]
+  weights, new_state, diagnostics = _run(method, picked, step, jac, state, key, used)
+  shared = weighted_sum(jac, weights.astype(losses.dtype))
+  if aux_grad is not None:
+    shared = jax.tree.map(jnp.add, shared, aux_grad)
+  weights = _scatter(weights, subset, num)
+  head_cotangent = (weights.astype(losses.dtype)
+                    if (options.head_grads or method.head_grads) == 'weighted'
                     else _active(subset, num, losses.dtype))
-  task = vjp_fn(_with_extra(head_cotangent, num_extra))[1]
-  return EngineOutput(losses, {'shared': shared, 'task': task}, result, aux,
-                      extra=all_losses[num:])
+  task = vjp_fn(_with_aux(head_cotangent, aux_losses))[1]
+  return EngineOutput(losses, aux_losses, {'shared': shared, 'task': task}, weights,
+                      new_state, model_state, diagnostics)
 
 
-def _through_representation(method, params, state, key, step, rep_fn, stacked_head_fn,
-                            num_tasks, mode, chunk_size, head_grads, subset=None):
-  """Gradient methods via z: dL_t/dz for all t in one head backward pass, then the trunk."""
-  z, trunk_vjp, rep_aux = jax.vjp(rep_fn, params['shared'], has_aux=True)
-  z_stacked = jax.tree.map(lambda a: jnp.broadcast_to(a, (num_tasks,) + a.shape), z)
-  losses, head_vjp, head_aux = jax.vjp(stacked_head_fn, z_stacked, params['task'],
-                                       has_aux=True)
-  if losses.shape[0] != num_tasks:
-    raise ValueError(f'the heads returned {losses.shape[0]} losses for {num_tasks} tasks: a '
-                     'model with auxiliary losses cannot use the representation split')
+def _through_representation(method, params, state, key, step, fns, options, subset):
+  """dL_t/dz for every t in one head backward pass, then the trunk (T times, or once in
+  mode 'rep')."""
+  z, trunk_vjp, trunk_state = jax.vjp(fns.trunk, params['shared'], has_aux=True)
+  pull = lambda cotangent: trunk_vjp(cotangent)[0]
+  num = fns.num_tasks
+  copies = jax.tree.map(lambda a: jnp.broadcast_to(a, (num,) + a.shape), z)
+  losses, head_vjp, heads_state = jax.vjp(fns.heads, copies, params['task'], has_aux=True)
+  subset = _sample(key, num, options.task_sampling) if subset is None else subset
   # Rows dL_t/dz [T, *z.shape] (zero for tasks not sampled), then the sampled rows [k, ...].
-  rep_jac, unweighted_task = head_vjp(_active(subset, num_tasks, losses.dtype))
+  rep_jac, unweighted_task = head_vjp(_active(subset, num, losses.dtype))
   if subset is not None:
     rep_jac = jax.tree.map(lambda leaf: leaf[subset], rep_jac)
-  rows_used = num_tasks if subset is None else subset.shape[0]
-  pull = lambda cotangent: trunk_vjp(cotangent)[0]
-  if mode == 'param':
-    if chunk_size is None or chunk_size >= rows_used:
-      jac = jax.vmap(pull)(rep_jac)
-    else:
-      jac = jax.lax.map(pull, rep_jac, batch_size=chunk_size)
+  used = num if subset is None else subset.shape[0]
+  if options.mode == 'param':
+    chunk = options.chunk_size
+    jac = (jax.vmap(pull)(rep_jac) if chunk is None or chunk >= used
+           else jax.lax.map(pull, rep_jac, batch_size=chunk))
   else:
     jac = rep_jac
   picked = losses if subset is None else losses[subset]
-  result = _run(method, _inputs(method, picked, step, jac, rows_used), state, key, rows_used)
-  alpha = result.weights.astype(losses.dtype)
-  combined = result.direction if result.direction is not None else weighted_sum(jac, alpha)
-  shared = combined if mode == 'param' else pull(combined)
-  result = result._replace(weights=_scatter(result.weights, subset, num_tasks))
-  task = (head_vjp(result.weights.astype(losses.dtype))[1] if head_grads == 'weighted'
-          else unweighted_task)
-  return EngineOutput(losses, {'shared': shared, 'task': task}, result, (rep_aux, head_aux),
-                      split=True)
+  weights, new_state, diagnostics = _run(method, picked, step, jac, state, key, used)
+  combined = weighted_sum(jac, weights.astype(losses.dtype))
+  shared = combined if options.mode == 'param' else pull(combined)
+  weights = _scatter(weights, subset, num)
+  task = (head_vjp(weights.astype(losses.dtype))[1]
+          if (options.head_grads or method.head_grads) == 'weighted' else unweighted_task)
+  return EngineOutput(losses, {}, {'shared': shared, 'task': task}, weights, new_state,
+                      fns.merge(trunk_state, heads_state), diagnostics)
+

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from mtl_jax._src.weighting.base import Weighting
-from mtl_jax._src.weighting.combine import combine
+from mtl_jax._src.weighting.combine import check_key, combine
 
 
 class WeightingState(NamedTuple):
@@ -27,10 +27,21 @@ class WeightingState(NamedTuple):
 
 def as_optax(method: Weighting, num_tasks: int,
              key: Optional[jax.Array] = None) -> optax.GradientTransformationExtraArgs:
-  """``method`` over task-stacked updates; ``update`` needs the keyword argument ``losses``."""
+  """``method`` over task-stacked updates; ``update`` needs the keyword argument ``losses``.
+
+  Args:
+    method: the weighting method.
+    num_tasks: T, the leading axis of every update leaf.
+    key: the first PRNG key (split at every update); required if ``method.random``, else
+      defaults to ``PRNGKey(0)``.
+
+  Raises:
+    ValueError: if ``num_tasks < method.min_tasks`` or a random method has no key.
+  """
   if num_tasks < method.min_tasks:
     raise ValueError(f'weighting {method.name!r} needs at least {method.min_tasks} tasks, '
                      f'got {num_tasks}')
+  check_key(method, key, 'as_optax')
 
   def init_fn(params):
     del params
