@@ -30,8 +30,8 @@ import numpy as np
 import optax
 
 from mtl_jax import models, weighting
-from mtl_jax._src.data.synthetic import make_synthetic
-from mtl_jax._src.step import init_train_state, make_train_step
+from mtl_jax.data import make_synthetic
+from mtl_jax import init_train_state, make_train_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXPERT = dict(hidden=(16,))

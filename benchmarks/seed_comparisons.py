@@ -36,7 +36,7 @@ import numpy as np
 from mtl_jax import train
 from mtl_jax.configs import default
 from mtl_jax.data import take, with_all_masks
-from mtl_jax._src.step import init_train_state, make_train_step
+from mtl_jax import init_train_state, make_train_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 COMPARISONS = {

@@ -35,10 +35,10 @@ import optax
 
 from mtl_jax import models
 from mtl_jax import weighting
-from mtl_jax._src.data.dataset import take, with_all_masks
-from mtl_jax._src.data.synthetic import make_synthetic
-from mtl_jax._src.step import init_train_state, make_train_step
-from mtl_jax._src.weighting.base import Needs, Weighting, WeightingInputs, WeightingResult
+from mtl_jax.data import take, with_all_masks
+from mtl_jax.data import make_synthetic
+from mtl_jax import init_train_state, make_train_step
+from mtl_jax.weighting import Needs, Weighting, WeightingInputs, WeightingResult
 
 GRADIENT_METHODS = ('mgda', 'pcgrad', 'cagrad', 'nash_mtl', 'imtl_g', 'upgrad', 'dualproj',
                     'aligned_mtl', 'gradnorm')

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mtl_jax import models, train
-from mtl_jax._src.config_validation import ConfigError
+from mtl_jax.train import ConfigError
 from tests.conftest import tiny_config
 
 KEY = jax.random.PRNGKey(0)

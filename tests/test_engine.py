@@ -9,9 +9,9 @@ import optax
 import pytest
 
 from mtl_jax import models, tasks as T, weighting
-from mtl_jax._src.step import init_train_state, make_train_step
-from mtl_jax._src.weighting import engine
-from mtl_jax._src.weighting.base import Needs, Weighting, WeightingResult
+from mtl_jax import init_train_state, make_train_step
+from mtl_jax.weighting import LossFns, Options, task_gradients
+from mtl_jax.weighting import Needs, Weighting, WeightingResult
 
 TASKS = T.TaskSet([T.regression('a'), T.regression('b'), T.multiclass('c', 3)])
 ALPHA = jnp.array([0.3, 1.7, 0.6])
@@ -54,16 +54,16 @@ def _fns(losses_fn, rep_fn, head_fn, stacked=True):
   """The engine's LossFns of ``_problem``'s functions (trunk/heads only if ``stacked``)."""
   full = lambda p: (losses_fn(p)[0], {}, {})
   if not stacked:
-    return engine.LossFns(full)
-  return engine.LossFns(full, rep_fn, lambda z, t: head_fn(z, t, stacked=True),
+    return LossFns(full)
+  return LossFns(full, rep_fn, lambda z, t: head_fn(z, t, stacked=True),
                         lambda a, b: {}, 3)
 
 
 def _run(method, mode='param', chunk_size=None, head_grads=None, seed=0, stacked=True):
   params, losses_fn, rep_fn, head_fn = _problem(seed)
   fns = _fns(losses_fn, rep_fn, head_fn, stacked)
-  options = engine.Options(mode=mode, chunk_size=chunk_size, head_grads=head_grads)
-  fn = jax.jit(lambda p: engine.task_gradients(
+  options = Options(mode=mode, chunk_size=chunk_size, head_grads=head_grads)
+  fn = jax.jit(lambda p: task_gradients(
       method, p, method.init(3), jax.random.PRNGKey(0), jnp.int32(0), fns, options))
   return params, losses_fn, fn(params)
 
@@ -112,9 +112,9 @@ def test_rep_mode_gram_is_over_the_representation():
   method = Weighting('spy', Needs.GRAM, lambda n: jnp.zeros((3, 3)), update)
   params, losses_fn, rep_fn, head_fn = _problem()
   fns = _fns(losses_fn, rep_fn, head_fn)
-  out = jax.jit(lambda p: engine.task_gradients(
+  out = jax.jit(lambda p: task_gradients(
       method, p, jnp.zeros((3, 3)), jax.random.PRNGKey(0), 0, fns,
-      engine.Options(mode='rep')))(params)
+      Options(mode='rep')))(params)
   z = rep_fn(params['shared'])[0]
   jz = jax.jacrev(lambda z: head_fn(z, params['task'])[0])(z).reshape(3, -1)
   np.testing.assert_allclose(out.state, jz @ jz.T, rtol=1e-4, atol=1e-7)

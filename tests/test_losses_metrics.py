@@ -133,7 +133,7 @@ def test_rmse_finalizes_with_sqrt():
 
 
 def test_delta_m_signs_each_metric_by_its_direction():
-  from mtl_jax._src.metrics import delta_m
+  from mtl_jax.metrics import delta_m
   metrics = {'seg': {'accuracy': 0.66, 'loss': 9.0}, 'depth': {'mse': 0.9}}
   baselines = {'seg': {'accuracy': 0.60, 'loss': 1.0, 'count': 5}, 'depth': {'mse': 1.0}}
   higher = {'seg': {'accuracy': True, 'loss': False}, 'depth': {'mse': False}}

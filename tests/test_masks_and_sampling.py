@@ -8,8 +8,8 @@ import optax
 import pytest
 
 from mtl_jax import models, tasks as T, weighting
-from mtl_jax._src.step import init_train_state, make_train_step
-from mtl_jax._src.weighting import engine
+from mtl_jax import init_train_state, make_train_step
+from mtl_jax.weighting import LossFns, Options, task_gradients
 
 TASKS = T.TaskSet([T.regression('a'), T.regression('b'), T.multiclass('c', 3),
                    T.binary('d')])
@@ -89,11 +89,11 @@ def _subset_run(method, subset, mode='param', stacked=True):
     return TASKS.losses(preds, batch), {}
 
   full = lambda p: (losses_fn(p)[0], {}, {})
-  fns = (engine.LossFns(full, rep_fn, lambda z, t: head_fn(z, t, stacked=True),
-                        lambda a, b: {}, NUM) if stacked else engine.LossFns(full))
-  out = jax.jit(lambda p, s: engine.task_gradients(
+  fns = (LossFns(full, rep_fn, lambda z, t: head_fn(z, t, stacked=True),
+                        lambda a, b: {}, NUM) if stacked else LossFns(full))
+  out = jax.jit(lambda p, s: task_gradients(
       method, p, method.init(NUM), jax.random.PRNGKey(0), jnp.int32(0), fns,
-      engine.Options(mode=mode), subset=s))(params, jnp.asarray(subset))
+      Options(mode=mode), subset=s))(params, jnp.asarray(subset))
   jac = jax.jit(jax.jacrev(lambda p: losses_fn(p)[0]))(params)
   return out, jac
 

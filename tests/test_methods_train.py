@@ -10,7 +10,7 @@ import pytest
 
 from mtl_jax import models, train, transfer, weighting
 from mtl_jax.data import make_synthetic, take
-from mtl_jax._src.step import init_train_state, make_train_step
+from mtl_jax import init_train_state, make_train_step
 from tests.conftest import run_python, tiny_config
 
 SHORT = {'train.steps': 6, 'train.log_every': 3, 'train.checkpoint_every': 6,

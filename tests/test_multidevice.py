@@ -13,7 +13,7 @@ WORKER = textwrap.dedent('''
     import optax
     from mtl_jax import models, parallel, weighting
     from mtl_jax.data import BatchIterator, make_synthetic, take
-    from mtl_jax._src.step import init_train_state, make_train_step
+    from mtl_jax import init_train_state, make_train_step
 
     assert len(jax.devices()) == 4, jax.devices()
     ds = make_synthetic(3, 0.5, input_dim=12, sizes=(256, 8, 8))
@@ -59,7 +59,7 @@ WORKER = textwrap.dedent('''
     # The whole experiment on the 4-device mesh, and a batch size the mesh cannot split.
     import sys, tempfile
     from mtl_jax import train
-    from mtl_jax._src.config_validation import ConfigError
+    from mtl_jax.train import ConfigError
     from tests.conftest import tiny_config
     results = train.train_and_evaluate(tiny_config(), tempfile.mkdtemp())
     try:

@@ -64,3 +64,33 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
   log_a = open(os.path.join(full, 'metrics.jsonl')).read().splitlines()
   log_b = open(os.path.join(killed, 'metrics.jsonl')).read().splitlines()
   assert len(log_a) == 400 and log_a == log_b
+
+
+def _as_saved_by_0_1(config) -> dict:
+  """``config`` as version 0.1 wrote it to config.json: the synthetic data's options at the
+  top of ``data``, '' for unset data-set paths, and no optimizer blocks."""
+  saved = json.loads(config.to_json_best_effort())
+  saved['data'].update(saved['data'].pop('synthetic'))
+  for name in ('multimnist', 'celeb_a', 'census_income'):
+    saved['data'][name] = {k: '' if v is None else v for k, v in saved['data'][name].items()}
+  for name in [k for k, v in saved['optim'].items() if isinstance(v, dict)]:
+    del saved['optim'][name]
+  return saved
+
+
+def test_a_run_checkpointed_by_version_0_1_resumes():
+  """Checkpoints written before the config blocks moved resume (the keys are translated),
+  and a real change is still refused, naming the key."""
+  from mtl_jax.train import ConfigError
+  from mtl_jax._src.config_validation import check_resumable  # the resume check, on purpose
+  from tests.conftest import tiny_config
+  config = tiny_config()
+  check_resumable(_as_saved_by_0_1(config), config)
+  changed = _as_saved_by_0_1(config)
+  changed['data']['num_tasks'] = 3
+  try:
+    check_resumable(changed, config)
+  except ConfigError as e:
+    assert 'config.data.synthetic.num_tasks: 3 in the checkpointed run, 2 now' in str(e)
+  else:
+    raise AssertionError('a changed number of tasks was accepted')

@@ -9,7 +9,7 @@ import pytest
 
 from mtl_jax import models, tasks as T, weighting
 from mtl_jax.data import make_synthetic, take
-from mtl_jax._src.step import init_train_state, make_eval_step, make_train_step
+from mtl_jax import init_train_state, make_eval_step, make_train_step
 
 TASKS = T.TaskSet([T.regression('y1'), T.regression('y2'), T.multiclass('c', 3), T.binary('b'),
                    T.multilabel('m', 4)])

@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mtl_jax import train
-from mtl_jax._src.config_validation import ConfigError
+from mtl_jax.train import ConfigError
 from tests.conftest import run_python, tiny_config
 
 RESULT_KEYS = {'config_name', 'tasks', 'metrics', 'split_metrics', 'higher_is_better', 'model',

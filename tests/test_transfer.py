@@ -10,7 +10,7 @@ import os
 import pytest
 
 from mtl_jax import train, transfer
-from mtl_jax._src.config_validation import ConfigError
+from mtl_jax.train import ConfigError
 from mtl_jax.data import make_synthetic, select_tasks
 from tests.conftest import tiny_config
 

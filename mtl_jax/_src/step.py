@@ -139,25 +139,30 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
   return jit_train_step(train_step, mesh=mesh, donate=donate) if jit else train_step
 
 
+def _sumsq(tree) -> jax.Array:
+  """sum of x^2 over every leaf, in float32 (one plain reduction per leaf)."""
+  return sum((jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree_util.tree_leaves(tree)),
+             jnp.zeros((), jnp.float32))
+
+
 def guard(old: TrainState, new: TrainState, grads, finite):
   """``(state, {'grad_norm', 'param_norm'}, rejected)``: ``new`` if its update is finite,
   else ``old`` with ``num_rejected + 1``.
 
   A non-finite loss or gradient, or an overflowing update, makes the new params non-finite,
-  so their norm (logged anyway) detects it without another pass over the updates.  The state
-  is chosen by one ``lax.cond`` over whole buffers; the old params' norm is computed only
-  when the update is rejected.
+  so their squared norm (logged anyway) detects it without another pass over the updates.
+  The state is chosen by one ``lax.cond`` over whole buffers; the old params' norm is
+  computed only when the update is rejected.
   """
-  grad_norm = optax.tree.norm(grads)
-  param_norm = optax.tree.norm(new.params)
-  finite = finite & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
+  grad_sq, param_sq = _sumsq(grads), _sumsq(new.params)
+  finite = finite & jnp.isfinite(grad_sq) & jnp.isfinite(param_sq)
   fields = lambda s: (s.params, s.model_state, s.opt_state, s.weighting_state)
-  kept, param_norm = jax.lax.cond(finite, lambda: (fields(new), param_norm),
-                                  lambda: (fields(old), optax.tree.norm(old.params)))
+  kept, param_sq = jax.lax.cond(finite, lambda: (fields(new), param_sq),
+                                lambda: (fields(old), _sumsq(old.params)))
   rejected = (~finite).astype(jnp.int32)
   state = new.replace(params=kept[0], model_state=kept[1], opt_state=kept[2],
                       weighting_state=kept[3], num_rejected=old.num_rejected + rejected)
-  return state, {'grad_norm': grad_norm, 'param_norm': param_norm}, rejected
+  return state, {'grad_norm': jnp.sqrt(grad_sq), 'param_norm': jnp.sqrt(param_sq)}, rejected
 
 
 def jit_train_step(train_step, *, mesh: Optional[jax.sharding.Mesh] = None, donate: bool = True):
