@@ -126,8 +126,10 @@ def test_bad_config_values_name_the_field(key, value, message):
 
 
 @pytest.mark.parametrize('overrides,message', [
-    ({'data.synthetic.correlation': 1.5}, r'config.data.synthetic: correlation must be in \[-1, 1\]'),
-    ({'data.synthetic.num_tasks': 4, 'data.synthetic.correlation': -0.5}, r'correlation must be in \[-0.333333, 1\]'),
+    ({'data.synthetic.correlation': 1.5},
+     r'config.data.synthetic: correlation must be in \[-1, 1\]'),
+    ({'data.synthetic.num_tasks': 4, 'data.synthetic.correlation': -0.5},
+     r'correlation must be in \[-0.333333, 1\]'),
     ({'data.synthetic.preset': 'paper'}, 'config.data.synthetic: unknown preset'),
     ({'data.synthetic.noise_std': -1.0}, 'config.data.synthetic: need .*noise_std >= 0'),
 ])

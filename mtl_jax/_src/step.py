@@ -141,7 +141,8 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
 
 def _sumsq(tree) -> jax.Array:
   """sum of x^2 over every leaf, in float32 (one plain reduction per leaf)."""
-  return sum((jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree_util.tree_leaves(tree)),
+  leaves = jax.tree_util.tree_leaves(tree)
+  return sum((jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves),
              jnp.zeros((), jnp.float32))
 
 

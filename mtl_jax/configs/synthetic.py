@@ -2,8 +2,9 @@
 
 Uses the 'keras_mmoe' preset (c=0.3, 5 random sines, noise std 0.1), whose labels a small
 network can learn from 10k examples.  With the paper-default 'google' preset
-(``--config.data.synthetic.preset=google``) the high-frequency sines dominate the label variance and a
-shared-bottom MLP memorises the training set (test MSE about the label variance).
+(``--config.data.synthetic.preset=google``) the high-frequency sines dominate the label
+variance and a shared-bottom MLP memorises the training set (test MSE about the label
+variance).
 """
 
 from mtl_jax.configs import default
