@@ -43,16 +43,11 @@ def _sumsq(tree):
 
 def make_step(setup, kind):
   """The jitted, donated ``(params, opt_state), batch -> (state, outputs)`` of ``kind``."""
-  model, optimizer, names = setup.model, setup.optimizer, setup.tasks.names
+  optimizer = setup.optimizer
 
   def step(state, batch):
     params, opt_state = state
-
-    def loss_fn(p):
-      preds = model.apply({'params': p}, batch['inputs'], train=True)
-      return sum(jnp.mean((preds[n] - batch['labels'][n]) ** 2) for n in names)
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
+    loss, grads = jax.value_and_grad(setup.hand_loss)(params, batch)
 
     def update():
       updates, new_opt = optimizer.update(grads, opt_state, params)

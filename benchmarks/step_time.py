@@ -112,20 +112,20 @@ class Setup:
   def step(self, method: Weighting):
     return make_train_step(self.model, self.tasks, self.optimizer, method)
 
+  def hand_loss(self, params, batch):
+    """The hand-written objective: the sum of the tasks' plain MSEs (no masks)."""
+    preds = self.model.apply({'params': params}, batch['inputs'], train=True)
+    return sum(jnp.mean((preds[n] - batch['labels'][n]) ** 2) for n in self.tasks.names)
+
   def hand(self, guard: bool = False):
     """(step, state) of the hand-written single-loss step; with ``guard``, plus what the
     trainer's step adds to every method: gradient and parameter norms and the rejection of
     a non-finite update (a whole-state ``lax.cond``)."""
-    model, optimizer, names = self.model, self.optimizer, self.tasks.names
+    optimizer = self.optimizer
 
     def hand_step(state, batch):
       params, opt_state = state
-
-      def loss_fn(p):
-        preds = model.apply({'params': p}, batch['inputs'], train=True)
-        return sum(jnp.mean((preds[n] - batch['labels'][n]) ** 2) for n in names)
-
-      loss, grads = jax.value_and_grad(loss_fn)(params)
+      loss, grads = jax.value_and_grad(self.hand_loss)(params, batch)
       updates, new_opt_state = optimizer.update(grads, opt_state, params)
       new_params = optax.apply_updates(params, updates)
       if not guard:

@@ -182,6 +182,8 @@ def init_or_restore(run: Run, pretrained: Optional[Callable[[], PyTree]] = None)
       if params is not None:
         grafted = transfer.graft(state.params, params, t.target)
         state = state.replace(params=grafted, opt_state=run.optimizer.init(grafted))
+  except ConfigError:
+    raise                     # already names its field (e.g. from the pretraining run)
   except ValueError as e:
     raise ConfigError(f'config.{e}') from None
   state = parallel.replicate(state, run.mesh)
