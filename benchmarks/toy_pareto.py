@@ -140,14 +140,14 @@ def make_run(method, scale, steps, loss_offset):
   def one_step(carry, step):
     x, opt_state, method_state, key = carry
     losses, jacobian = losses_and_jacobian(x, scale)
-    direction, _, method_state = weighting.combine(
-        method, jacobian, losses - offset, state=method_state,
-        key=jax.random.fold_in(key, step), step=step)
-    updates, opt_state = optimizer.update(direction, opt_state, x)
+    out = weighting.combine(method, jacobian, losses - offset, state=method_state,
+                            key=jax.random.fold_in(key, step), step=step, after_step='manual')
+    updates, opt_state = optimizer.update(out.direction, opt_state, x)
     new_x = optax.apply_updates(x, updates)
+    method_state = out.state
     if method.after_step is not None:     # FAMO: losses at the new point
-      method_state = method.after_step(method_state, losses - offset,
-                                       toy_losses(new_x, scale) - offset)
+      method_state = weighting.after_step(method, method_state, losses - offset,
+                                          toy_losses(new_x, scale) - offset)
     return (new_x, opt_state, method_state, key), None
 
   def run_one(start, key):

@@ -21,8 +21,9 @@ and may change without notice; each entry's docstring has the details, e.g.
 `help(mtl_jax.weighting.mgda)`.
 
 Kept stable: `weighting.get(name, **hparams)`, `weighting.names()`,
-`weighting.combine(method, jacobian, losses, *, state=None, key=None) -> (direction, weights,
-new_state)`, `weighting.as_optax`, `make_train_step`, `init_train_state`,
+`weighting.combine(method, jacobian, losses, *, state=None, key=None, step=0,
+after_step=None) -> Combined(direction, weights, state, finite)`, `weighting.as_optax`,
+`weighting.after_step`, `weighting.optax_after_step`, `make_train_step`, `init_train_state`,
 `train_and_evaluate(config, workdir)`, the command line and its config keys, and the
 `results.json` schema (README).
 """

@@ -4,9 +4,11 @@ A method is a ``Weighting``: pure ``init(num_tasks)`` and ``update(inputs, state
 
 * ``get(name, **hparams)``, ``names()``, ``hyperparameters(name)``: the registry;
   ``register(name)``: the decorator that adds a builder to it.
-* ``combine(method, jacobian, losses, state=..., key=...)``: a method on any task-stacked
-  gradient the caller computed (no trainer needed); ``as_optax``: the same as an optax
-  transformation in front of any optimizer.
+* ``combine(method, jacobian, losses, state=..., key=...) -> Combined``: a method on any
+  task-stacked gradient the caller computed (no trainer needed); ``as_optax``: the same as an
+  optax transformation in front of any optimizer.  Both keep the train step's guarantees
+  (non-finite inputs leave the state unchanged, state checks).  ``after_step`` and
+  ``optax_after_step``: the post-update hook of methods that have one (FAMO).
 * ``jacobian``, ``rows``, ``gram``, ``weighted_sum``: the engine's per-task Jacobian (one
   vmapped pullback), its Gram matrix J J^T and the combination alpha^T J.
 * ``solvers``: the jittable convex solvers (min-norm, non-negative QP, CAGrad, Nash-MTL).
@@ -21,10 +23,12 @@ A method is a ``Weighting``: pure ``init(num_tasks)`` and ``update(inputs, state
 from mtl_jax._src import registry as _registry
 from mtl_jax._src.weighting import methods as _methods  # registers every method
 from mtl_jax._src.weighting import solvers
+from mtl_jax._src.weighting.apply import after_step
 from mtl_jax._src.weighting.base import Needs
 from mtl_jax._src.weighting.base import Weighting
 from mtl_jax._src.weighting.base import WeightingInputs
 from mtl_jax._src.weighting.base import WeightingResult
+from mtl_jax._src.weighting.combine import Combined
 from mtl_jax._src.weighting.combine import combine
 from mtl_jax._src.weighting.engine import EngineOutput
 from mtl_jax._src.weighting.engine import LossFns
@@ -37,6 +41,7 @@ from mtl_jax._src.weighting.jacobian import rows
 from mtl_jax._src.weighting.jacobian import weighted_sum
 from mtl_jax._src.weighting.optax_adapter import WeightingState
 from mtl_jax._src.weighting.optax_adapter import as_optax
+from mtl_jax._src.weighting.optax_adapter import optax_after_step
 from mtl_jax._src.weighting.registry import get
 from mtl_jax._src.weighting.registry import hyperparameters
 from mtl_jax._src.weighting.registry import names
@@ -49,8 +54,8 @@ _BUILDERS = {name: _registry.WEIGHTINGS.builder(name) for name in names()}
 globals().update(_BUILDERS)
 
 __all__ = [
-    'EngineOutput', 'LossFns', 'Needs', 'OptionError', 'Options', 'Weighting',
-    'WeightingInputs', 'WeightingResult', 'WeightingState', 'as_optax', 'combine', 'get',
-    'gram', 'hyperparameters', 'jacobian', 'names', 'register', 'rows', 'solvers',
-    'task_gradients', 'weighted_sum',
+    'Combined', 'EngineOutput', 'LossFns', 'Needs', 'OptionError', 'Options', 'Weighting',
+    'WeightingInputs', 'WeightingResult', 'WeightingState', 'after_step', 'as_optax',
+    'combine', 'get', 'gram', 'hyperparameters', 'jacobian', 'names', 'optax_after_step',
+    'register', 'rows', 'solvers', 'task_gradients', 'weighted_sum',
 ] + sorted(_BUILDERS)

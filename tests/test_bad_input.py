@@ -55,7 +55,7 @@ def test_prediction_shape_mismatch():
 def test_nan_and_inf_in_inputs():
   batch = _batch()
   batch['inputs'] = {'image': np.zeros((B, 4)), 'meta': np.array([[np.inf]] * B)}
-  with pytest.raises(ValueError, match=r"inputs\['meta'\]"):
+  with pytest.raises(ValueError, match=r"batch\['inputs'\]\['meta'\]"):
     TASKS.check_values(batch)
 
 

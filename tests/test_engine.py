@@ -163,9 +163,9 @@ def test_optax_adapter_chains_in_front_of_an_optimizer():
 
 def test_combine_accepts_arrays_and_pytrees_and_checks_the_task_axis():
   j = jnp.arange(12.0).reshape(3, 4)
-  d, w, _ = weighting.combine(weighting.get('ew'), j, jnp.ones(3))
+  d, w, _, _ = weighting.combine(weighting.get('ew'), j, jnp.ones(3))
   np.testing.assert_allclose(d, j.sum(0))
-  d, _, _ = weighting.combine(weighting.get('ew'), {'x': j[:, :2], 'y': j[:, 2:]}, jnp.ones(3))
+  d = weighting.combine(weighting.get('ew'), {'x': j[:, :2], 'y': j[:, 2:]}, jnp.ones(3))[0]
   np.testing.assert_allclose(jnp.concatenate([d['x'], d['y']]), j.sum(0))
   with pytest.raises(ValueError, match='3 task rows but the losses have shape \\(2,\\)'):
     weighting.combine(weighting.get('ew'), j, jnp.ones(2))

@@ -25,7 +25,8 @@ def _jac(t, p=20, seed=0):
 def _apply(name, j, losses=None, **hparams):
   method = weighting.get(name, **hparams)
   losses = np.ones(j.shape[0], np.float32) if losses is None else losses
-  d, w, _ = jax.jit(lambda j, l: weighting.combine(method, j, l, key=KEY))(j, losses)
+  run = lambda j, l: weighting.combine(method, j, l, state=method.init(j.shape[0]), key=KEY)
+  d, w = jax.jit(run)(j, losses)[:2]
   return np.asarray(d, np.float64), np.asarray(w, np.float64)
 
 
@@ -107,7 +108,7 @@ def test_nash_mtl_recomputes_only_every_update_every_steps():
   alphas = []
   for step in range(4):
     j = _jac(3, seed=step)
-    _, w, state = weighting.combine(method, j, np.ones(3), state=state, step=step)
+    _, w, state, _ = weighting.combine(method, j, np.ones(3), state=state, step=step)
     alphas.append(np.asarray(w))
   np.testing.assert_array_equal(alphas[1], alphas[0])
   np.testing.assert_array_equal(alphas[2], alphas[0])
@@ -159,10 +160,10 @@ def test_gradnorm_first_update_matches_a_hand_computation():
   method = weighting.get('gradnorm', alpha=1.5, lr=0.1)
   state = method.init(3)
   losses0 = np.array([1.0, 2.0, 4.0], np.float32)
-  _, w0, state = weighting.combine(method, j.astype(np.float32), losses0, state=state)
+  _, w0, state, _ = weighting.combine(method, j.astype(np.float32), losses0, state=state)
   np.testing.assert_allclose(w0, 1.0)
   losses1 = np.array([0.5, 1.8, 2.0], np.float32)
-  _, w1, state = weighting.combine(method, j.astype(np.float32), losses1, state=state)
+  _, w1, state, _ = weighting.combine(method, j.astype(np.float32), losses1, state=state)
   # By hand: at step 0, L(0) = losses0 and r = 1, so every G_t's target is mean(G).
   norms = np.linalg.norm(j, axis=1)
   gw = norms  # w = 1
@@ -186,7 +187,8 @@ def test_degenerate_gradients_give_no_nan_and_methods_vmap(name):
                     np.stack([g, -g, g]), np.zeros((3, 5))]).astype(np.float32)
   method = weighting.get(name, **({'steps_per_epoch': 1} if name == 'dwa' else {}))
   losses = np.array([1.0, 0.5, 2.0], np.float32)
-  run = lambda j: weighting.combine(method, j, losses, key=KEY)[:2]
+  run = lambda j: weighting.combine(method, j, losses, state=method.init(3), key=KEY,
+                                    after_step='manual')[:2]
   d, w = jax.jit(jax.vmap(run))(cases)
   chex.assert_tree_all_finite((d, w))
   for k in range(len(cases)):  # vmapped results equal one-by-one results
@@ -262,7 +264,7 @@ def test_register_adds_a_method_to_the_registry():
   try:
     assert '_test_half' in weighting.names()
     assert weighting.hyperparameters('_test_half') == {'scale': 0.5}
-    d, w, _ = weighting.combine(weighting.get('_test_half', scale=2.0), _jac(3), np.ones(3))
+    d, w = weighting.combine(weighting.get('_test_half', scale=2.0), _jac(3), np.ones(3))[:2]
     np.testing.assert_allclose(w, 2.0)
     np.testing.assert_allclose(d, 2.0 * _jac(3).sum(0), rtol=1e-6)
   finally:  # unregister (the registry has no public removal)
@@ -277,7 +279,7 @@ def test_random_methods_need_a_key(name):
     weighting.combine(method, _jac(3), np.ones(3))
   with pytest.raises(ValueError, match=f"'{name}' is random: as_optax needs a PRNG key"):
     weighting.as_optax(method, num_tasks=3)
-  d, w, _ = weighting.combine(method, _jac(3), np.ones(3), key=KEY)
+  d, w = weighting.combine(method, _jac(3), np.ones(3), key=KEY)[:2]
   chex.assert_tree_all_finite((d, w))
 
 
@@ -287,8 +289,8 @@ def test_deterministic_methods_need_no_key():
   assert randoms == {'pcgrad', 'rlw'}
   j = _jac(3)
   method = weighting.get('mgda')
-  d, w, _ = weighting.combine(method, j, np.ones(3))
-  d_key, w_key, _ = weighting.combine(method, j, np.ones(3), key=KEY)
+  d, w = weighting.combine(method, j, np.ones(3))[:2]
+  d_key, w_key = weighting.combine(method, j, np.ones(3), key=KEY)[:2]
   np.testing.assert_array_equal(w, w_key)
   np.testing.assert_allclose(d, np.asarray(w) @ j, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(d, d_key)

@@ -34,7 +34,9 @@ def _require(ok, field, message, value):
 # Keys that may change when a run is resumed from its checkpoints.
 RESUMABLE_CHANGES = ('config.name', 'config.train.steps', 'config.train.log_every',
                      'config.train.checkpoint_every', 'config.train.keep_checkpoints',
-                     'config.train.on_nonfinite', 'config.eval.')
+                     'config.train.on_nonfinite', 'config.train.max_rejected_fraction',
+                     'config.train.warn_rejected_fraction', 'config.train.rejected_window',
+                     'config.eval.')
 
 
 # Keys renamed since version 0.1.0 (checkpoints written before still resume).
@@ -74,9 +76,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   come from the builders' signatures; each component checks its own option values when it is
   built (the trainer reports those as ``config.<section>.<name>.<option>``)."""
   _check_keys(config)
+  _check_train_and_eval(config)      # first: other checks read train.steps, batch_size
   _check_data_and_model(config)
   _check_weighting_and_optim(config)
-  _check_train_and_eval(config)
 
 
 def _check_keys(config) -> None:
@@ -141,7 +143,7 @@ def _check_weighting_and_optim(c) -> None:
   _require(o.schedule in ('constant', 'cosine', 'warmup_cosine'), 'config.optim.schedule',
            "must be 'constant', 'cosine' or 'warmup_cosine'", o.schedule)
   _require(0 <= o.warmup_steps < c.train.steps, 'config.optim.warmup_steps',
-           'must be in [0, config.train.steps)', o.warmup_steps)
+           f'must be in [0, config.train.steps={c.train.steps})', o.warmup_steps)
   _require(o.weight_decay >= 0, 'config.optim.weight_decay', 'must be >= 0', o.weight_decay)
   _require(o.momentum >= 0, 'config.optim.momentum', 'must be >= 0', o.momentum)
   _require(o.grad_clip >= 0, 'config.optim.grad_clip', 'must be >= 0 (0: off)', o.grad_clip)
@@ -149,8 +151,16 @@ def _check_weighting_and_optim(c) -> None:
 
 def _check_train_and_eval(c) -> None:
   t = c.train
-  for field in ('steps', 'batch_size', 'log_every', 'checkpoint_every', 'keep_checkpoints'):
-    _require(t[field] > 0, f'config.train.{field}', 'must be > 0', t[field])
+  for field in ('steps', 'batch_size', 'log_every', 'checkpoint_every', 'keep_checkpoints',
+                'rejected_window'):
+    _require(type(t[field]) is int and t[field] > 0, f'config.train.{field}',
+             'must be an integer > 0', t[field])
+  _require(0 < t.max_rejected_fraction <= 1, 'config.train.max_rejected_fraction',
+           'must be in (0, 1] (1: never stop)', t.max_rejected_fraction)
+  _require(0 <= t.warn_rejected_fraction <= t.max_rejected_fraction,
+           'config.train.warn_rejected_fraction',
+           f'must be in [0, config.train.max_rejected_fraction={t.max_rejected_fraction}]',
+           t.warn_rejected_fraction)
   if c.data.name == 'synthetic':  # other data sets are checked once loaded
     size = c.data.synthetic.sizes[0]
     _require(t.batch_size <= size, 'config.train.batch_size',

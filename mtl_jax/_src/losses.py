@@ -34,7 +34,10 @@ def softmax_cross_entropy(logits, label):
 
 
 def masked_mean(values, mask):
-  """sum(m * v) / max(sum(m), 1) over the batch axis; NaNs in masked-out entries are ignored."""
-  mask = mask.astype(bool)
+  """sum(m * v) / max(sum(m), 1) over the batch axis; NaNs in masked-out entries are ignored.
+
+  A sample counts where its mask is True or exactly 1: a mask of 0.3 or NaN does not count
+  (as in ``TaskSet.losses``, which masks out such samples)."""
+  mask = mask if mask.dtype == bool else mask == 1
   total = jnp.sum(jnp.where(mask, values, 0.0))
   return total / jnp.maximum(jnp.sum(mask), 1)

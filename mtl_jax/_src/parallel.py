@@ -10,7 +10,9 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
   """A ``('data',)`` mesh over the first ``num_devices`` devices (0: all of them)."""
   devices = jax.devices()
   if num_devices < 0 or num_devices > len(devices):
-    raise ValueError(f'num_devices must be in [0, {len(devices)}], got {num_devices}')
+    raise ValueError(f'num_devices: must be in [0, {len(devices)}] (0: all {len(devices)} '
+                     f'{devices[0].platform.upper()} devices this process sees), got '
+                     f'{num_devices}')
   devices = devices[:num_devices or len(devices)]
   return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
                        devices=devices)

@@ -98,7 +98,10 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
 
   Metrics: ``losses`` [T], ``weights`` [T], ``loss`` (= sum_t w_t L_t + auxiliary losses),
   ``grad_norm``, ``param_norm`` (of the params the step returns), ``lr``, ``rejected`` (1 if
-  this update was rejected as non-finite), ``aux_loss/<name>`` (each auxiliary loss the model
+  this update was rejected as non-finite), ``invalid_labels`` [T] (labelled samples left out
+  of each task's loss: a label invalid for the task, e.g. class -1 or 2.7, or a mask not 0 or
+  1; see ``TaskSet.invalid_labels``), ``nonfinite_inputs`` (samples with a NaN or inf
+  input, which make the update rejected), ``aux_loss/<name>`` (each auxiliary loss the model
   sowed), ``weighting/<name>`` (the method's diagnostics).
   """
   objective = Objective(model, tasks, frozen)
@@ -118,8 +121,7 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
       # The method's own update from the losses after the step, on the same batch.
       new_losses = fns.full(params)[0]
       finite &= jnp.all(jnp.isfinite(new_losses))
-      weighting_state = weighting.after_step(weighting_state, jax.lax.stop_gradient(out.losses),
-                                             jax.lax.stop_gradient(new_losses))
+      weighting_state = engine.after_step(weighting, weighting_state, out.losses, new_losses)
     new = state.replace(params=params, model_state=out.model_state, opt_state=opt_state,
                         weighting_state=weighting_state)
     new, norms, rejected = guard(state, new, out.grads, finite)
@@ -131,6 +133,8 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
         **norms,
         'lr': jnp.asarray(schedule(applied) if schedule is not None else jnp.nan, jnp.float32),
         'rejected': rejected,
+        'invalid_labels': tasks.invalid_labels(batch),
+        'nonfinite_inputs': tasks.nonfinite_inputs(batch),
         **{f'weighting/{k}': v for k, v in out.diagnostics.items()},
         **{f'aux_loss/{k}': v for k, v in out.aux_losses.items()},
     }

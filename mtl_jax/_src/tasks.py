@@ -10,6 +10,26 @@ Conventions (used everywhere in mtl_jax):
 Tasks with the same kind, output size, loss and metrics form a *group*; the losses of a group
 are computed in one ``vmap`` over its stacked predictions, so the traced program grows with
 the number of groups, not the number of tasks.
+
+Valid labels and masks (one rule, checked on the host and applied in the jitted step):
+
+* A mask is bool, or a number that is exactly 0 (label missing) or 1 (labelled); a task
+  without a mask is labelled everywhere.
+* A labelled sample's label must be valid for its task: regression, finite; binary and
+  multilabel, every entry in [0, 1]; multiclass, an integer value in [0, K), decided on the
+  value given (a float 2.7 is invalid, not class 2).
+* A masked-out label (mask 0) is never read: NaN or out-of-range values there are the usual
+  encoding of a missing label and are fine.
+
+On the host, ``TaskSet.validate(batch)`` raises a ``ValueError`` on any violation, and on
+non-finite float inputs, naming the task, the field (``batch['labels'][task]``,
+``batch['masks'][task]``, ``batch['inputs']...``), how many samples and an example value; the
+data pipeline runs it on every record it reads.  In the jitted step (hand-made batches,
+nothing scanned on the host), ``TaskSet.losses`` and ``metric_sums`` mask out every sample
+whose mask is not exactly 0 or 1 or whose labelled label is invalid, so it adds nothing to
+the loss or the metrics; ``TaskSet.invalid_labels(batch)`` counts them per task and
+``TaskSet.nonfinite_inputs(batch)`` counts the samples with a non-finite float input (those
+are not masked out: their predictions are not finite and the step rejects the update).
 """
 
 import dataclasses
@@ -83,6 +103,90 @@ def multilabel(name: str, num_labels: int) -> Task:
               (metrics_lib.BINARY_ACCURACY, metrics_lib.BINARY_CROSS_ENTROPY))
 
 
+def _example(bad: np.ndarray, values: np.ndarray) -> str:
+  """'N sample(s) ..., e.g. V at sample i' for per-entry flags ``bad`` [B, ...] of ``values``."""
+  rows = bad.reshape(len(bad), -1)
+  i = int(np.argmax(rows.any(axis=1)))
+  value = values.reshape(len(values), -1)[i][rows[i]][0]
+  return f'{int(rows.any(axis=1).sum())} sample(s), e.g. {value!s} at sample {i}'
+
+
+def _check_inputs(inputs) -> None:
+  """Raises if a float input leaf holds NaN or inf, naming the leaf."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(inputs):
+    arr = np.asarray(leaf)
+    if jnp.issubdtype(arr.dtype, jnp.inexact) and not np.isfinite(arr).all():
+      field = "batch['inputs']" + jax.tree_util.keystr(path)
+      bad = ~np.isfinite(arr)
+      raise ValueError(f'NaN or inf in {field} at {int(bad.sum())} entries of '
+                       f'{_example(bad, arr)}')
+
+
+def _check_mask(name: str, mask, size: int) -> np.ndarray:
+  """The labelled samples [B] of a task whose mask is bool or numbers in {0, 1}; raises on
+  any other mask value (0.3, 2, NaN), naming the task and the field."""
+  field = f"batch['masks']['{name}']"
+  if mask is None:
+    return np.ones(size, bool)
+  mask = np.asarray(mask)
+  if mask.dtype == bool:
+    return mask
+  if not jnp.issubdtype(mask.dtype, jnp.number):
+    raise ValueError(f"task '{name}': {field} must be bool or numbers 0/1, got dtype "
+                     f'{mask.dtype}')
+  bad = (mask != 0) & (mask != 1)
+  if bad.any():
+    raise ValueError(f"task '{name}': masks must be 0 or 1 (or bool), got {field} not in "
+                     f'{{0, 1}} at {_example(bad, mask)}')
+  return mask == 1
+
+
+def _check_labels(task: Task, y: np.ndarray, labelled: np.ndarray) -> None:
+  """Raises if a labelled sample's label is invalid for ``task`` (the module's rule)."""
+  name, field = task.name, f"batch['labels']['{task.name}']"
+  if y.dtype == bool:
+    return
+  if not jnp.issubdtype(y.dtype, jnp.number):
+    raise ValueError(f"task '{name}': {field} must be numbers, got dtype {y.dtype}")
+  rows = y.reshape(len(y), -1)
+  at = labelled[:, None]
+  if jnp.issubdtype(y.dtype, jnp.inexact):
+    bad = ~np.isfinite(rows) & at
+    if bad.any():
+      raise ValueError(f"task '{name}': NaN or inf in labelled {field} at "
+                       f"{_example(bad, rows)}; set batch['masks']['{name}'] = 0 for missing "
+                       'labels')
+  values = rows[labelled]
+  if not values.size or task.kind == 'regression':
+    return
+  if task.kind == 'multiclass':
+    bad = ((rows < 0) | (rows >= task.out_dim) | (rows != np.round(rows))) & at
+    rule = f'class labels must be integers in [0, {task.out_dim})'
+  else:
+    bad = ((rows < 0) | (rows > 1)) & at
+    rule = f'{task.kind} labels must be in [0, 1]'
+  if bad.any():
+    raise ValueError(f"task '{name}': {rule}, got values in [{values.min()!s}, {values.max()!s}]: "
+                     f'{field} is invalid at {_example(bad, rows)}')
+
+
+def _labels_ok(kind: str, out_dim: int, y: jax.Array) -> jax.Array:
+  """[Tg, B] bool: whether each sample's label ``y`` [Tg, B, ...] (as given, not cast) is valid
+  for a task of ``kind``: finite; in [0, 1] for binary and multilabel; an integer value in
+  [0, out_dim) for multiclass.  NaN fails every comparison, so it is never valid."""
+  if y.dtype == bool:
+    ok = jnp.ones(y.shape, bool)
+  elif kind == 'regression':
+    ok = jnp.isfinite(y) if jnp.issubdtype(y.dtype, jnp.inexact) else jnp.ones(y.shape, bool)
+  elif kind == 'multiclass':
+    ok = (y >= 0) & (y < out_dim)
+    if jnp.issubdtype(y.dtype, jnp.inexact):
+      ok = ok & (y == jnp.floor(y))
+  else:
+    ok = (y >= 0) & (y <= 1)
+  return ok.all(axis=tuple(range(2, y.ndim)))
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskGroup:
   """Tasks that share kind, output size, loss and metrics, in task-axis order."""
@@ -92,7 +196,12 @@ class TaskGroup:
 
 
 class TaskSet:
-  """An ordered collection of tasks; its order is the task axis of every ``[T]`` array."""
+  """An ordered collection of tasks; its order is the task axis of every ``[T]`` array.
+
+  Labels and masks follow the module docstring's rule: ``validate`` raises on the host where
+  it is broken; ``losses`` and ``metric_sums`` mask out the offending samples in the jitted
+  step and ``invalid_labels`` counts them (masked-out NaN labels are fine: they are missing).
+  """
 
   def __init__(self, tasks: Sequence[Task]):
     tasks = tuple(tasks)
@@ -194,74 +303,88 @@ class TaskSet:
         raise ValueError(f"task '{t.name}': mask shape {tuple(mask.shape)} != ({size},)")
 
   def check_values(self, batch: Mapping) -> None:
-    """Host-side check that inputs and (unmasked) labels are finite; names the bad field."""
-    for path, leaf in jax.tree_util.tree_leaves_with_path(batch['inputs']):
-      arr = np.asarray(leaf)
-      if np.issubdtype(arr.dtype, np.inexact) and not np.isfinite(arr).all():
-        where = 'inputs' + jax.tree_util.keystr(path)
-        raise ValueError(f'NaN or inf in batch[{where!r}] at {int((~np.isfinite(arr)).sum())} '
-                         'entries')
+    """Host-side check of the values of a batch whose structure passed ``check_batch``:
+    finite float inputs, masks in {0, 1}, valid labelled labels (see the module docstring)."""
+    _check_inputs(batch['inputs'])
     masks = batch.get('masks') or {}
-    for name in self.names:
-      y = np.asarray(batch['labels'][name])
-      labelled = (np.asarray(masks[name]).astype(bool) if name in masks
-                  else np.ones(len(y), bool))
-      if np.issubdtype(y.dtype, np.inexact):
-        bad = ~np.isfinite(y).reshape(len(y), -1).all(axis=1) & labelled
-        if bad.any():
-          raise ValueError(f"task '{name}': NaN or inf in {int(bad.sum())} labelled sample(s); "
-                           f"set batch['masks']['{name}'] = 0 for missing labels")
-      task = self[name]
-      if task.kind in ('binary', 'multilabel'):
-        values = y.reshape(len(y), -1)[labelled]
-        if values.size and (np.any(values < 0) or np.any(values > 1)):
-          raise ValueError(f"task '{name}': {task.kind} labels must be in [0, 1], got values "
-                           f'in [{values.min()}, {values.max()}]')
-      if task.kind == 'multiclass':
-        classes = y.reshape(len(y))[labelled]
-        if classes.size and (np.any(classes < 0) or np.any(classes >= task.out_dim) or
-                             np.any(classes != np.round(classes))):
-          raise ValueError(f"task '{name}': class labels must be integers in [0, "
-                           f'{task.out_dim}), got values in [{classes.min()}, {classes.max()}]')
+    for task in self.tasks:
+      y = np.asarray(batch['labels'][task.name])
+      labelled = _check_mask(task.name, masks.get(task.name), len(y))
+      _check_labels(task, y, labelled)
+
+  def validate(self, batch: Mapping) -> None:
+    """Host-side check of a batch: structure (``check_batch``) and values (``check_values``).
+
+    Everything the data pipeline checks on every record, for hand-made batches too: raises a
+    ``ValueError`` naming the task, the field, how many samples are bad and an example."""
+    self.check_batch(batch)
+    self.check_values(batch)
 
   # ---- vectorised losses and metrics ------------------------------------------------------
 
-  def _stack_group(self, group: TaskGroup, predictions, batch):
-    """Stacks a group's predictions [Tg, B, K], labels [Tg, B, ...] and masks [Tg, B]."""
+  def _group_labels(self, group: TaskGroup, batch):
+    """A group's labels [Tg, B, ...], masks [Tg, B] and excluded samples [Tg, B].
+
+    Validity is decided on the labels and masks as given, before any cast (module
+    docstring); a sample with a mask not in {0, 1} or an invalid labelled label gets mask
+    False.  Labels where the mask is False are replaced by 0 (then multiclass labels are cast
+    to int32), so that NaN or out-of-range labels give no NaN values or gradients."""
     proto = group.prototype
     masks_in = batch.get('masks') or {}
-    preds, labels, masks = [], [], []
+    labels, masks = [], []
+    for name in group.names:
+      y = jnp.asarray(batch['labels'][name])
+      size = y.shape[0]
+      if tuple(y.shape) != (size,) + proto.label_shape:
+        y = y.reshape((size,) + proto.label_shape)
+      m = masks_in.get(name)
+      labels.append(y)
+      masks.append(jnp.ones((size,), bool) if m is None else jnp.asarray(m))
+    y, m = jnp.stack(labels), jnp.stack(masks)
+    if m.dtype == bool:
+      labelled, bad_mask = m, jnp.zeros(m.shape, bool)
+    else:
+      labelled = m == 1
+      bad_mask = ~labelled & (m != 0)
+    ok = _labels_ok(proto.kind, proto.out_dim, y)
+    mask = labelled & ok
+    excluded = bad_mask | (labelled & ~ok)
+    y = jnp.where(mask.reshape(mask.shape + (1,) * (y.ndim - 2)), y, jnp.zeros_like(y))
+    if proto.kind == 'multiclass':
+      y = y.astype(jnp.int32)
+    return y, mask, excluded
+
+  @staticmethod
+  def _group_predictions(group: TaskGroup, predictions, size: int):
+    """A group's stacked predictions [Tg, B, out_dim] (shapes checked)."""
+    proto = group.prototype
+    preds = []
     for name in group.names:
       if name not in predictions:
         raise ValueError(f"predictions have no entry for task '{name}'")
       p = predictions[name]
-      y = batch['labels'][name]
-      size = y.shape[0]
       if p.ndim == 1 and proto.out_dim == 1:
         p = p[:, None]
       if tuple(p.shape) != (size, proto.out_dim):
         raise ValueError(f"task '{name}' ({proto.kind}): prediction shape {tuple(p.shape)} does "
                          f'not match ({size}, {proto.out_dim})')
-      if tuple(y.shape) != (size,) + proto.label_shape:
-        y = y.reshape((size,) + proto.label_shape)
-      dtype = jnp.int32 if proto.kind == 'multiclass' else p.dtype
-      if y.dtype != dtype:
-        y = y.astype(dtype)
-      m = masks_in.get(name)
-      m = jnp.ones((size,), bool) if m is None else m if m.dtype == bool else m.astype(bool)
       preds.append(p)
-      labels.append(y)
-      masks.append(m)
-    return jnp.stack(preds), jnp.stack(labels), jnp.stack(masks)
+    return jnp.stack(preds)
 
-  @staticmethod
-  def _sanitize(label, mask):
-    """Replaces masked-out labels by 0 so that NaN labels give no NaN gradients."""
-    m = mask.reshape(mask.shape + (1,) * (label.ndim - 1))
-    return jnp.where(m, label, jnp.zeros_like(label))
+  def _stack_group(self, group: TaskGroup, predictions, batch):
+    """A group's predictions [Tg, B, K], labels [Tg, B, ...] (in the predictions' dtype,
+    int32 for multiclass) and masks [Tg, B] (bool, invalid samples masked out)."""
+    labels, masks, _ = self._group_labels(group, batch)
+    preds = self._group_predictions(group, predictions, labels.shape[1])
+    if group.prototype.kind != 'multiclass' and labels.dtype != preds.dtype:
+      labels = labels.astype(preds.dtype)
+    return preds, labels, masks
 
   def losses(self, predictions: Mapping, batch: Mapping) -> jax.Array:
-    """Per-task masked-mean losses ``[T]``, one ``vmap`` per task group."""
+    """Per-task masked-mean losses ``[T]``, one ``vmap`` per task group.
+
+    Samples with a mask not in {0, 1} or an invalid label are masked out (module docstring);
+    ``invalid_labels`` counts them."""
     self.check_batch(batch)
     per_group = []
     for group in self.groups:
@@ -269,16 +392,41 @@ class TaskSet:
       loss_fn = group.prototype.loss
 
       def task_loss(p, y, m, loss_fn=loss_fn):
-        return losses_lib.masked_mean(loss_fn(p, self._sanitize(y, m)), m)
+        return losses_lib.masked_mean(loss_fn(p, y), m)
 
       per_group.append(jax.vmap(task_loss)(preds, labels, masks))
     return jnp.concatenate(per_group)[self._from_group_order]
+
+  def invalid_labels(self, batch: Mapping) -> jax.Array:
+    """Per task ``[T]`` int32: the samples that ``losses`` and ``metric_sums`` mask out for a
+    mask not exactly 0 or 1 (0.3, 2, NaN) or an invalid labelled label (-1, 2.7 or K for
+    multiclass, outside [0, 1] for binary and multilabel, NaN or inf).  Jittable; one
+    vectorised pass per task group, nothing read on the host."""
+    self.check_batch(batch)
+    counts = [jnp.sum(self._group_labels(g, batch)[2], axis=1, dtype=jnp.int32)
+              for g in self.groups]
+    return jnp.concatenate(counts)[self._from_group_order]
+
+  @staticmethod
+  def nonfinite_inputs(batch: Mapping) -> jax.Array:
+    """int32 scalar: the samples with a NaN or inf in any float input leaf.  Jittable.
+
+    They are not masked out (their predictions are not finite, so the step rejects the
+    update); this count says why."""
+    bad = None
+    for leaf in jax.tree_util.tree_leaves(batch['inputs']):
+      leaf = jnp.asarray(leaf)
+      if jnp.issubdtype(leaf.dtype, jnp.inexact):
+        row = ~jnp.isfinite(leaf.reshape(leaf.shape[0], -1)).all(axis=1)
+        bad = row if bad is None else bad | row
+    return jnp.int32(0) if bad is None else jnp.sum(bad, dtype=jnp.int32)
 
   def metric_sums(self, predictions: Mapping, batch: Mapping) -> dict:
     """Accumulable metric statistics ``{metric_key: [T_g] sums}`` per group, plus counts.
 
     Returns a tuple over groups of dicts ``{'count': [Tg], metric.name: [Tg]}`` holding the
-    masked per-sample sums; ``finalize_metrics`` turns accumulated sums into values.
+    masked per-sample sums; ``finalize_metrics`` turns accumulated sums into values.  Samples
+    masked out as invalid (module docstring) are not counted.
     """
     self.check_batch(batch)
     out = []
@@ -287,7 +435,7 @@ class TaskSet:
       stats = {'count': jnp.sum(masks, axis=1).astype(jnp.float32)}
 
       def sums(p, y, m, fn):
-        return jnp.sum(jnp.where(m, fn(p, self._sanitize(y, m)), 0.0))
+        return jnp.sum(jnp.where(m, fn(p, y), 0.0))
 
       for metric in group.prototype.metrics:
         stats[metric.name] = jax.vmap(lambda p, y, m, fn=metric.per_sample: sums(p, y, m, fn))(

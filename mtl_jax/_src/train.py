@@ -17,9 +17,9 @@ import jax
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 
-from mtl_jax._src import config_validation, data, models, parallel, registry, transfer
+from mtl_jax._src import (config_validation, data, models, monitor, parallel, registry,
+                          transfer)
 from mtl_jax._src.checkpointing import Checkpointer
 from mtl_jax._src.config_validation import ConfigError
 from mtl_jax._src.step import (TrainState, evaluate, init_train_state, jit_train_step,
@@ -110,6 +110,22 @@ def build_weighting(config, tasks: TaskSet, steps_per_epoch: int) -> Weighting:
     raise ConfigError(f'config.weighting.{name}: {e}') from None
 
 
+def make_workdir(workdir: str) -> None:
+  """Creates ``workdir`` (a new run) or checks it is a writable directory (a resumed one);
+  raises ``ConfigError`` naming it otherwise."""
+  if not isinstance(workdir, (str, os.PathLike)) or not str(workdir):
+    raise ConfigError(f'workdir: must be a directory path, got {workdir!r}')
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f'workdir {str(workdir)!r} is a file, not a directory: pass a new '
+                      'directory (it is created) or that of the run to resume')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f'workdir {str(workdir)!r}: cannot create it ({e.strerror})') from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise ConfigError(f'workdir {str(workdir)!r} is not writable')
+
+
 @dataclasses.dataclass
 class Run:
   """What a run is built from (stage 1)."""
@@ -132,7 +148,7 @@ class Run:
 def build(config, workdir: str) -> Run:
   """Stage 1: validate the config, record it, and build data, model, optimizer, method."""
   config_validation.validate(config)
-  os.makedirs(workdir, exist_ok=True)
+  make_workdir(workdir)
   checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
                               max_to_keep=config.train.keep_checkpoints)
   config_path = os.path.join(workdir, 'config.json')
@@ -144,7 +160,10 @@ def build(config, workdir: str) -> Run:
   dataset = build_dataset(config)
   model = build_model(config, dataset.tasks, dataset.per_task_inputs)
   optimizer, schedule = build_optimizer(config)
-  mesh = parallel.make_mesh(config.train.num_devices)
+  try:
+    mesh = parallel.make_mesh(config.train.num_devices)
+  except ValueError as e:
+    raise ConfigError(f'config.train.{e}') from None
   for field in ('train.batch_size', 'eval.batch_size'):
     section, key = field.split('.')
     if config[section][key] % mesh.shape['data']:
@@ -163,9 +182,10 @@ def build(config, workdir: str) -> Run:
 
 
 def init_or_restore(run: Run, pretrained: Optional[Callable[[], PyTree]] = None):
-  """Stage 2: ``(state, start step)``: the latest checkpoint's state and data position, or a
-  fresh state whose ``config.transfer.target`` params come from ``transfer.init_from`` or
-  from ``pretrained()`` (called only when starting fresh)."""
+  """Stage 2: ``(state, start step)``: the newest usable checkpoint's state and data position
+  (newer damaged ones are moved aside, see ``checkpointing``), or a fresh state whose
+  ``config.transfer.target`` params come from ``transfer.init_from`` or from ``pretrained()``
+  (called only when starting fresh).  Raises ``CheckpointError`` if no checkpoint is usable."""
   config, t = run.config, run.config.transfer
   sample = data.take(run.dataset.split('train'), np.arange(config.train.batch_size))
   state = init_train_state(run.model, run.tasks, run.optimizer, run.method, sample['inputs'],
@@ -188,8 +208,11 @@ def init_or_restore(run: Run, pretrained: Optional[Callable[[], PyTree]] = None)
     raise ConfigError(f'config.{e}') from None
   state = parallel.replicate(state, run.mesh)
   if start_step:
-    state, data_state = run.checkpointer.restore(start_step, state)
-    run.iterator.set_state(data_state)
+    # The fresh state is the target: its structure, dtypes and shardings.  Setting the
+    # iterator's position is the last check, so it ends at the restored step's position.
+    restored = run.checkpointer.restore_latest_valid(
+        state, validate=lambda _, data_state: run.iterator.set_state(data_state))
+    state, start_step = restored.state, restored.step
   return state, start_step
 
 
@@ -219,14 +242,29 @@ def make_step(run: Run, state: TrainState, traces: dict):
 def train(run: Run, state: TrainState, start_step: int, traces: dict) -> TrainState:
   """Stage 3: steps ``start_step + 1 .. config.train.steps``, logging and checkpointing.
 
-  The writer logs every step and stops the run on a rejected update when
-  ``config.train.on_nonfinite='raise'``."""
+  At every flush (``config.train.log_every`` steps, and at checkpoints) the metrics are
+  written, progress is reported (``monitor.Progress``) and the rejected updates are judged
+  (``monitor.RejectionPolicy``: ``TrainingStopped`` when more than
+  ``config.train.max_rejected_fraction`` of the recent ones were rejected).  Under
+  ``config.train.on_nonfinite='raise'`` the writer stops the run at the first rejected one.
+  """
   config = run.config
   train_step = make_step(run, state, traces)
   writer = MetricWriter(run.workdir, run.tasks.names, resume_step=start_step,
                         on_nonfinite=config.train.on_nonfinite)
-  progress = tqdm.tqdm(total=config.train.steps, initial=start_step, desc='train',
-                       disable=None, dynamic_ncols=True)
+  policy = monitor.RejectionPolicy(config.train.rejected_window,
+                                   config.train.max_rejected_fraction,
+                                   config.train.warn_rejected_fraction,
+                                   monitor.likely_causes(config, start_step))
+  progress = monitor.Progress(config.train.steps, start_step, run.tasks.names)
+
+  def flush(step, final=False):
+    written = writer.flush(run.checkpointer.latest_step())
+    progress.update(written)
+    for s, scalars in written:
+      policy.observe(s, scalars['rejected'])
+    policy.check(step, final)
+
   try:
     for step in range(start_step + 1, config.train.steps + 1):
       batch = next(run.iterator)
@@ -234,15 +272,12 @@ def train(run: Run, state: TrainState, start_step: int, traces: dict) -> TrainSt
         run.tasks.check_batch(batch)      # structure once; values are checked when read
       state, metrics = train_step(state, parallel.shard_batch(batch, run.mesh))
       writer.add(step, metrics)
-      progress.update(1)
       last = step == config.train.steps
-      if step % config.train.log_every == 0 or last:
-        writer.flush(run.checkpointer.latest_step())
-        progress.set_postfix(loss=f"{float(metrics['loss']):.4g}")
+      if step % config.train.log_every == 0 or step % config.train.checkpoint_every == 0 \
+          or last:
+        flush(step, final=last)
       if step % config.train.checkpoint_every == 0 or last:
-        writer.flush(run.checkpointer.latest_step())
         run.checkpointer.save(step, state, run.iterator.get_state())
-    writer.flush(run.checkpointer.latest_step())
   finally:
     progress.close()
     run.checkpointer.wait()
@@ -267,6 +302,7 @@ def results(run: Run, state: TrainState, split_metrics: dict, **timing) -> dict:
   config = run.config
   return {
       'config_name': config.name,
+      'status': 'completed',
       'tasks': list(run.tasks.names),
       'metrics': split_metrics.get('test', {}),
       'split_metrics': split_metrics,
@@ -290,14 +326,28 @@ def write_results(workdir: str, record: dict) -> None:
 
 def train_once(config: ml_collections.ConfigDict, workdir: str,
                pretrained: Optional[Callable[[], PyTree]] = None) -> dict[str, Any]:
-  """One run: build, init or restore (resuming from ``workdir``'s latest checkpoint), train,
-  evaluate, write ``results.json``; returns its record."""
+  """One run: build, init or restore (resuming from ``workdir``'s latest usable checkpoint),
+  train, evaluate, write ``results.json``; returns its record.
+
+  A run stopped by ``monitor.TrainingStopped`` writes ``results.json`` with ``status:
+  'stopped'`` and its ``stop_reason`` (no metrics) and re-raises."""
   start_time = time.time()
   run = build(config, workdir)
   state, start_step = init_or_restore(run, pretrained)
+  if start_step >= config.train.steps:
+    print(f'{config.name}: already trained to step {start_step} in {workdir}; nothing to do '
+          '(raise config.train.steps to train on)')
   traces = {'train_step': 0}
   train_start = time.time()
-  state = train(run, state, start_step, traces)
+  try:
+    state = train(run, state, start_step, traces)
+  except monitor.TrainingStopped as e:
+    write_results(workdir, {'config_name': config.name, 'status': 'stopped',
+                            'stop_reason': str(e), 'tasks': list(run.tasks.names),
+                            'steps': e.step, 'rejected_steps_this_session': e.rejected,
+                            'resumed_from_step': start_step})
+    run.checkpointer.close()
+    raise
   train_time = time.time() - train_start
   split_metrics = evaluate_splits(run, state)
   run.checkpointer.close()
@@ -307,5 +357,7 @@ def train_once(config: ml_collections.ConfigDict, workdir: str,
   for split, values in split_metrics.items():
     print(f'\n{config.name}: {split} metrics after {record["steps"]} steps')
     print_table(run.tasks.directions(), values)
+  print(f'{config.name}: {record["steps"]} steps, {record["rejected_steps"]} updates rejected '
+        f'as non-finite ({record["rejected_steps"] / max(record["steps"], 1):.1%})')
   write_results(workdir, record)
   return record

@@ -18,9 +18,9 @@ class MetricWriter:
   """Appends one JSON line per step and the same scalars to TensorBoard.
 
   ``add(step, metrics)`` keeps the step's device metrics without waiting for them; ``flush``
-  fetches them, expands the ``[T]`` losses and weights into ``loss/<task>`` and
-  ``weight/<task>``, writes, and (``on_nonfinite='raise'``) raises ``NonFiniteLossError`` at
-  the first rejected update.  On resume from ``resume_step``, lines of later steps (written
+  fetches them, expands the ``[T]`` losses, weights and invalid-label counts into
+  ``loss/<task>``, ``weight/<task>`` and ``invalid_labels/<task>``, writes, and
+  (``on_nonfinite='raise'``) raises ``NonFiniteLossError`` at the first rejected update.  On resume from ``resume_step``, lines of later steps (written
   after the last checkpoint by the interrupted run) are dropped, and TensorBoard purges its
   events past that step.
   """
@@ -50,24 +50,34 @@ class MetricWriter:
   def add(self, step: int, metrics: Mapping) -> None:
     self._pending.append((step, metrics))
 
-  def flush(self, last_checkpoint: Optional[int] = None) -> None:
-    """Writes the pending steps; raises on a rejected one under ``on_nonfinite='raise'``."""
+  def flush(self, last_checkpoint: Optional[int] = None) -> list:
+    """Writes the pending steps and returns them as ``[(step, scalars)]``; raises on a
+    rejected one under ``on_nonfinite='raise'``."""
     pending, self._pending = jax.device_get(self._pending), []
+    written = []
     for step, metrics in pending:
       scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
-      for name, loss, w in zip(self.task_names, metrics['losses'], metrics['weights']):
-        scalars[f'loss/{name}'] = float(loss)
-        scalars[f'weight/{name}'] = float(w)
+      for key, prefix in (('losses', 'loss'), ('weights', 'weight'),
+                          ('invalid_labels', 'invalid_labels')):
+        for name, value in zip(self.task_names, metrics.get(key, ())):
+          scalars[f'{prefix}/{name}'] = float(value)
       if metrics['rejected'] and self.on_nonfinite == 'raise':
         self._flush_files()
         bad = [n for n, l in zip(self.task_names, metrics['losses']) if not np.isfinite(l)]
+        grad_norm = scalars['grad_norm']
+        what = (f'non-finite loss for task(s) {bad}' if bad
+                else f'non-finite gradient (norm {grad_norm})' if not np.isfinite(grad_norm)
+                else f'the update overflowed (losses and gradient norm {grad_norm:.4g} finite, '
+                     'the new params not): is the learning rate too high?')
         where = ('no checkpoint was written yet' if last_checkpoint is None
                  else f'the last checkpoint (step {last_checkpoint}) is intact')
         raise NonFiniteLossError(
-            f'step {step}: non-finite loss for task(s) {bad or "(losses finite)"}; grad norm '
-            f'{scalars["grad_norm"]}. The update was rejected; {where}.')
+            f'step {step}: {what}. The update was rejected and the run stopped '
+            f"(config.train.on_nonfinite='raise'); {where}.")
       self.write(step, scalars)
+      written.append((step, scalars))
     self._flush_files()
+    return written
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     self._file.write(json.dumps({'step': step, **scalars}) + '\n')

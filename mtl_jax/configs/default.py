@@ -105,6 +105,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
   c.train.on_nonfinite = 'skip'   # skip: reject the update and count it | raise
+  # Stop (exit status 1) when more than this fraction of the last `rejected_window` updates
+  # were rejected as non-finite (1.0: never); warn above `warn_rejected_fraction`.
+  c.train.max_rejected_fraction = 0.5
+  c.train.warn_rejected_fraction = 0.05
+  c.train.rejected_window = 100
   c.train.num_devices = 0         # devices on the mesh's data axis; 0: all
   c.train.task_sampling = 0       # train k random tasks per step (stateless weightings); 0: all
 

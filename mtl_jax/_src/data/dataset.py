@@ -6,11 +6,12 @@ records (one example each, the same layout without the batch axis), e.g. over a 
 ``data_source``.  ``take`` reads a batch from either; ``mtl_jax.data.BatchIterator`` and
 ``eval_batches`` iterate.
 
-Every record is checked once (``TaskSet.check_batch`` and ``check_values``: label shapes,
-finite inputs, finite and in-range labels where not masked out), with errors naming the data
-set, the split and the task or field: an in-memory split whole when the ``MultiTaskDataset``
-is built, a lazy split on its first record then, and batch by batch as it is read (the data
-set wraps it in a ``CheckedSource``, whose errors also name the record).  Training and
+Every record is checked once by ``TaskSet.validate`` (the same check as for a hand-made
+batch: label shapes, finite float inputs, masks 0 or 1, finite and in-range labels where not
+masked out), with errors naming the data set, the split and the task or field: an
+in-memory split whole when the ``MultiTaskDataset`` is built, a lazy split on its first
+record then, and batch by batch as it is read (the data set wraps it in a ``CheckedSource``,
+whose errors also name the record).  Training and
 evaluation loops need no checks of their own.
 """
 
@@ -69,12 +70,12 @@ class MultiTaskDataset:
 
 @dataclasses.dataclass(frozen=True)
 class _BatchCheck:
-  """Checks a batch's structure and values against ``tasks`` (raises ``ValueError``)."""
+  """Checks a batch against ``tasks`` with ``TaskSet.validate`` (raises ``ValueError``); a
+  picklable callable, so that grain's worker processes can run it."""
   tasks: TaskSet
 
   def __call__(self, batch: Mapping) -> None:
-    self.tasks.check_batch(batch)
-    self.tasks.check_values(batch)
+    self.tasks.validate(batch)
 
 
 def num_examples(split) -> int:

@@ -14,10 +14,11 @@ Evaluation batches (``eval_batches``) visit every example once, in order, the la
 padded with masks 0, so that one compiled eval step serves a whole split.
 
 Checks: the splits of a ``MultiTaskDataset`` need none here.  Its in-memory splits were
-checked whole when it was built, and its lazy splits are ``CheckedSource``s, which check every
-batch as it is read (in the worker processes, if any) and raise naming the data set, the split,
-the record and the task or field, e.g. ``data set 'celeb_a', split 'train', record 1234: task
-'Male': binary labels must be in [0, 1], ...``.
+checked whole (``TaskSet.validate``) when it was built, and its lazy splits are
+``CheckedSource``s, which validate every batch as it is read (in the worker processes, if any)
+and raise naming the data set, the split, the record and the task or field, e.g.
+``data set 'celeb_a', split 'train', record 1234: task 'Male': binary labels must be in
+[0, 1], ...``.
 """
 
 from typing import Iterator, Mapping, Optional

@@ -65,9 +65,11 @@ class Weighting:
     head_grads: 'weighted' (task-specific params get alpha_t * grad L_t, as when
       back-propagating sum_t alpha_t L_t) or 'unweighted' (grad L_t).
     min_tasks: the fewest tasks the method is defined for.
-    after_step: optional ``(state, losses_before [T], losses_after [T]) -> state``, called by
-      the train step after the parameter update with the losses recomputed on the same batch
-      (FAMO's weight update); costs one extra forward pass.
+    after_step: optional ``(state, losses_before [T], losses_after [T]) -> state``, called
+      after the parameter update with the losses recomputed on the same batch (FAMO's weight
+      update; one extra forward pass).  Call it through ``mtl_jax.weighting.after_step``
+      (which the train step uses: it skips non-finite losses); ``combine`` and ``as_optax``
+      require an explicit ``after_step=`` mode for such a method.
     random: whether ``update`` reads ``key`` (then a key is required).
   """
   name: str

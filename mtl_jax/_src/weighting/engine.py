@@ -37,8 +37,10 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from mtl_jax._src.weighting.base import Needs, Weighting, WeightingInputs
-from mtl_jax._src.weighting.jacobian import gram, rows, weighted_sum
+from mtl_jax._src.weighting.apply import after_step  # noqa: F401  (the train step's)
+from mtl_jax._src.weighting.apply import run_method as _run
+from mtl_jax._src.weighting.base import Needs, Weighting
+from mtl_jax._src.weighting.jacobian import rows, weighted_sum
 
 PyTree = Any
 MODES = ('param', 'rep')
@@ -156,20 +158,6 @@ def _with_aux(cotangent, aux_losses):
   """(task cotangent, 1, ..., 1): the auxiliary losses enter with weight 1."""
   ones = jnp.ones((len(aux_losses),), cotangent.dtype)
   return jnp.concatenate([cotangent, ones])
-
-
-def _run(method, losses, step, jac, state, key, num):
-  """The method on k tasks' losses (and Jacobian rows): (weights [k], new state, diagnostics)."""
-  needs_grads = method.needs in (Needs.GRAM, Needs.JACOBIAN)
-  inputs = WeightingInputs(losses=jax.lax.stop_gradient(losses), step=step,
-                           gram=gram(jac, num) if needs_grads else None,
-                           jacobian=jac if method.needs is Needs.JACOBIAN else None)
-  result = method.update(inputs, state, key)
-  weights = jax.lax.stop_gradient(result.weights)
-  if weights.shape != (num,):
-    raise ValueError(f'weighting {method.name!r} returned weights of shape {weights.shape} '
-                     f'for {num} tasks')
-  return weights, result.state, dict(result.aux or {})
 
 
 def _flat_losses(full):

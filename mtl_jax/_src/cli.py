@@ -1,0 +1,121 @@
+"""The command line's error reporting: one or two lines naming the flag or field, an exit code.
+
+``mtl_jax.main`` exits 2 on a usage or configuration error and 1 when a run stops
+(``STOPPED``); the traceback is kept for ``--debug`` / ``--verbosity=1``.
+"""
+
+import difflib
+import os
+import re
+import sys
+from typing import NoReturn, Sequence
+
+from mtl_jax._src import checkpointing
+from mtl_jax._src.monitor import TrainingStopped
+from mtl_jax._src.writers import NonFiniteLossError
+
+# Errors that end a run that was set up correctly: exit status 1, message only.
+STOPPED = (TrainingStopped, NonFiniteLossError, checkpointing.CheckpointError)
+
+DEBUG_HINT = '(--debug shows the traceback)'
+
+
+class UsageError(ValueError):
+  """A bad flag, config file or workdir."""
+
+
+def fail(message: str, status: int, hint: str = DEBUG_HINT) -> NoReturn:
+  """Prints ``mtl_jax: <message>`` (and ``hint``) to stderr and exits with ``status``."""
+  sys.stderr.write(f'mtl_jax: {message}\n' + (f'{hint}\n' if hint else ''))
+  sys.stderr.flush()
+  sys.exit(status)
+
+
+def debug_requested(argv: Sequence[str]) -> bool:
+  """Whether the raw command line asks for tracebacks (``--debug``, ``--verbosity>=1``)."""
+  for arg in argv[1:]:
+    if arg in ('--debug', '--debug=true', '--debug=True', '--debug=1'):
+      return True
+    match = re.fullmatch(r'--(?:verbosity|v)=(-?\d+)', arg)
+    if match and int(match.group(1)) >= 1:
+      return True
+  return False
+
+
+def _config_path(argv) -> str:
+  """The last ``--config=`` value of ``argv`` (absl keeps the last)."""
+  paths = [a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')]
+  return paths[-1] if paths else ''
+
+
+def _unknown_key_message(key: str, argv) -> str:
+  """``config.a.b: unknown config key; did you mean config.a.c?`` for the override that
+  names ``key``."""
+  from mtl_jax.configs import default  # pylint: disable=import-outside-toplevel
+  field = next((a[2:].split('=', 1)[0] for a in argv[1:]
+                if a.startswith('--config.') and key in a[2:].split('=', 1)[0].split('.')),
+               f'config.?.{key}')
+  parent = field.rsplit('.', 1)[0]
+  node = default.get_config()
+  try:
+    for part in parent.split('.')[1:]:
+      node = node[part]
+    known = sorted(node.keys())
+  except (KeyError, AttributeError, TypeError):
+    known = []
+  close = difflib.get_close_matches(key, known, n=1)
+  fix = (f'did you mean {parent}.{close[0]}?' if close
+         else f'keys under {parent}: {", ".join(known)}' if known
+         else f'{parent} is not a config section')
+  return f'{field}: unknown config key; {fix}'
+
+
+def describe_flag_error(error: BaseException, argv: Sequence[str]) -> str:
+  """One line for an error raised while absl parsed the flags (and ml_collections loaded the
+  config file and applied the ``--config.*`` overrides)."""
+  chain, e = [], error
+  while e is not None:
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  text = '\n'.join(str(e.args[0]) if e.args else str(e) for e in chain)
+  if 'Failed loading config file' in text or 'Configuration is not available' in text:
+    return config_file_message(_config_path(argv), text)
+  for e in chain:
+    if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str):
+      key = e.args[0].split('\n', 1)[0].strip('\'"')
+      if key:
+        return _unknown_key_message(key, argv)
+  message = str(error).split('\n', 1)[0]
+  return message.removeprefix('flag ')
+
+
+def config_file_message(path: str, text: str) -> str:
+  """Why the config file ``path`` could not be loaded, and where the configs are."""
+  configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         'configs')
+  listed = sorted(f[:-3] for f in os.listdir(configs) if f.endswith('.py') and f[0] != '_')
+  if path and not os.path.exists(path):
+    why = 'no such file'
+  else:
+    lines = [l.strip() for l in text.split('\n') if l.strip()]
+    why = lines[-1] if lines else 'it could not be loaded'
+  return (f'--config={path}: {why}; the built-in configs are mtl_jax/configs/'
+          f'{{{",".join(listed)}}}.py')
+
+
+def load_config(flag):
+  """The config of the ``--config`` flag, or ``UsageError`` saying why it cannot be loaded."""
+  try:
+    config = flag.value
+    config.get('name')              # an unloadable file only fails when read
+  except Exception as e:  # pylint: disable=broad-except
+    chain, cause = [], e
+    while cause is not None:
+      chain.append(str(cause))
+      cause = cause.__cause__ or cause.__context__
+    path = getattr(flag, '_config_filename', None) or _config_path(sys.argv)
+    raise UsageError(config_file_message(path, '\n'.join(chain))) from e
+  if not hasattr(config, 'train'):
+    raise UsageError(f'--config: get_config() must return an mtl_jax ConfigDict (see '
+                     f'mtl_jax/configs/default.py), got {type(config).__name__}')
+  return config

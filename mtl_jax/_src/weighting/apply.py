@@ -1,0 +1,94 @@
+"""The one implementation of a weighting step, shared by the train step and the library path.
+
+``run_method`` turns losses (and Jacobian rows) into coefficients alpha and a new state; the
+engine (hence the train step), ``combine`` and ``as_optax`` all call it.  ``after_step`` is a
+method's post-update hook (FAMO), called by the train step and by users of ``combine`` /
+``as_optax``.  ``all_finite`` and ``keep_if`` implement the non-finite rule: a state computed
+from non-finite numbers is dropped and the previous state kept.
+"""
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from mtl_jax._src.weighting.base import Needs, Weighting, WeightingInputs
+from mtl_jax._src.weighting.jacobian import gram
+
+PyTree = Any
+
+
+def run_method(method: Weighting, losses: jax.Array, step, jacobian: Optional[PyTree], state,
+               key: Optional[jax.Array], num: int):
+  """The method on ``num`` tasks: ``(weights [num], new_state, diagnostics {name: scalar})``.
+
+  Builds ``WeightingInputs`` (losses as constants, G = J J^T for GRAM/JACOBIAN methods, J for
+  JACOBIAN methods), runs ``method.update`` and stops gradients through alpha.
+
+  Args:
+    method: the weighting method.
+    losses: the ``[num]`` per-task losses.
+    step: the number of updates so far (scalar int).
+    jacobian: the task-stacked Jacobian (leaves ``[num, ...]``), or None for a loss-only
+      method; a Jacobian with no leaves is allowed (G = 0).
+    state: the method's state; ``key``: its PRNG key (None for a method that is not random).
+    num: the number of tasks.
+
+  Raises:
+    ValueError: if the method returns weights that are not ``[num]``.
+  """
+  needs_grads = method.needs in (Needs.GRAM, Needs.JACOBIAN)
+  inputs = WeightingInputs(losses=jax.lax.stop_gradient(losses),
+                           step=jnp.asarray(step, jnp.int32),
+                           gram=gram(jacobian, num) if needs_grads else None,
+                           jacobian=jacobian if method.needs is Needs.JACOBIAN else None)
+  result = method.update(inputs, state, key)
+  weights = jax.lax.stop_gradient(result.weights)
+  if weights.shape != (num,):
+    raise ValueError(f'weighting {method.name!r} returned weights of shape {weights.shape} '
+                     f'for {num} tasks')
+  return weights, result.state, dict(result.aux or {})
+
+
+def all_finite(*trees) -> jax.Array:
+  """A scalar bool: every entry of every leaf of ``trees`` is finite (True for no leaves)."""
+  leaves = [leaf for tree in trees for leaf in jax.tree_util.tree_leaves(tree)]
+  checks = [jnp.all(jnp.isfinite(leaf)) for leaf in leaves]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+
+
+def keep_if(ok: jax.Array, new: PyTree, old: PyTree) -> PyTree:
+  """``new`` where the scalar ``ok`` holds, else ``old`` (bitwise), leaf by leaf; jittable."""
+  return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
+def after_step(method: Weighting, state, losses_before, losses_after):
+  """The method's post-update state change (FAMO's logit step); the identity without one.
+
+  ``state = after_step(method, state, L(theta_k; B), L(theta_{k+1}; B))``: the losses on the
+  same batch B before and after the parameter update theta_k -> theta_{k+1}, as the train
+  step does (one extra forward pass).  Call it after every update, with the state the update
+  returned.  Gradients do not flow through the losses.
+
+  Args:
+    method: the weighting method.
+    state: its state, as returned by the update (``combine(...).state``).
+    losses_before: the ``[T]`` losses the update was computed from.
+    losses_after: the ``[T]`` losses at the updated parameters, on the same batch.
+
+  Returns:
+    The new state; ``state`` itself (bitwise) if either loss vector has a non-finite entry,
+    and for a method without ``after_step``.  Jittable.
+
+  Raises:
+    ValueError: if the loss vectors' shapes differ.
+  """
+  if method.after_step is None:
+    return state
+  before = jax.lax.stop_gradient(jnp.asarray(losses_before))
+  after = jax.lax.stop_gradient(jnp.asarray(losses_after))
+  if before.ndim != 1 or before.shape != after.shape:
+    raise ValueError(f'after_step of weighting {method.name!r}: losses_before and '
+                     f'losses_after must be [T] vectors of one shape, got {before.shape} and '
+                     f'{after.shape}')
+  return keep_if(all_finite(before, after), method.after_step(state, before, after), state)
