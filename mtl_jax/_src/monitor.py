@@ -103,14 +103,25 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-  """A tqdm bar on a terminal, else one log line per ``update`` call (each flush)."""
+  """A tqdm bar on a terminal, else one line on ``out`` (stdout) per ``update`` (each flush).
+
+  Args:
+    total: the run's last step; ``start``: the step it starts from.
+    task_names: the tasks whose losses each line shows (the first six, then the total).
+    out: where lines go (default ``sys.stdout``).
+    terminal: force the bar (True) or lines (False); default: whether stdout and stderr are
+      both terminals.
+  """
 
   def __init__(self, total: int, start: int, task_names: Sequence[str],
                out: Optional[TextIO] = None, terminal: Optional[bool] = None):
     self.total, self.start, self.task_names = total, start, tuple(task_names)
     self.out = out or sys.stdout
+    # The bar (on stderr) only when both streams are a terminal: with ``> log`` the lines go
+    # into the log.
     self.terminal = (terminal if terminal is not None
-                     else hasattr(sys.stderr, 'isatty') and sys.stderr.isatty())
+                     else all(getattr(f, 'isatty', lambda: False)()
+                              for f in (sys.stdout, sys.stderr)))
     self.bar = (tqdm.tqdm(total=total, initial=start, desc='train', dynamic_ncols=True)
                 if self.terminal else None)
     self._last = (start, time.time())
