@@ -12,11 +12,13 @@ from mtl_jax._src.step import (TrainState, evaluate, init_train_state, jit_train
                                make_eval_step, make_train_step)
 from mtl_jax._src.tasks import Task, TaskSet
 from mtl_jax._src.experiments import train_and_evaluate
+from mtl_jax._src.value_and_grad import mtl_value_and_grad
 
 __version__ = '0.1.0'
 
 __all__ = [
     'Objective', 'Task', 'TaskSet', 'TrainState', 'data', 'evaluate', 'init_train_state',
     'jit_train_step', 'losses', 'make_eval_step', 'make_train_step', 'metrics', 'models',
+    'mtl_value_and_grad',
     'parallel', 'tasks', 'train', 'train_and_evaluate', 'transfer', 'weighting',
 ]

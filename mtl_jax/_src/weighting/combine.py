@@ -66,7 +66,7 @@ def check_after_step(method: Weighting, mode, where: str, allowed) -> None:
                      f'{[None, *allowed]}, got {mode!r}')
   if mode is None and method.after_step is not None:
     hint = ("after_step='manual' and call mtl_jax.weighting.after_step(method, state, losses, "
-            'losses_after) after each parameter update' if where == 'combine' else
+            'losses_after) after each parameter update' if where != 'as_optax' else
             "after_step='manual' and call mtl_jax.weighting.optax_after_step(method, "
             "opt_state, losses_after) after each update, or after_step='next_batch'")
     raise ValueError(f'weighting {method.name!r} updates its state after the parameter step '

@@ -1,0 +1,172 @@
+"""``mtl_value_and_grad``: the multi-task counterpart of ``jax.value_and_grad``, for any JAX
+model (flax.linen, flax.nnx through ``nnx.split``, Equinox, plain functions).
+
+    vg = mtl_value_and_grad(losses_fn, method, shared=mask)
+    losses, grads, weights, state = vg(params, state, key, *args, **kwargs)
+
+It runs the engine of the train step (``weighting.task_gradients``) on the user's function:
+the parameters marked ``shared`` get the method's combination of the per-task gradients
+(one VJP with cotangent alpha for loss-only methods; the Jacobian rows from one vmapped VJP,
+or chunks of it, for gradient methods); every other parameter is task-specific and gets
+sum_t alpha_t grad L_t ('weighted') or sum_t grad L_t ('unweighted'), as the method says.
+"""
+
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from mtl_jax._src.weighting import apply, combine, engine
+from mtl_jax._src.weighting.base import Weighting
+
+PyTree = Any
+
+
+def _mask_leaves(shared, params) -> list:
+  """The bool per leaf of ``params`` from ``shared`` (a bool pytree like ``params``, or a
+  function of ``params`` returning one); raises if the structures differ."""
+  mask = shared(params) if callable(shared) else shared
+  structure, mask_structure = jax.tree.structure(params), jax.tree.structure(mask)
+  if structure != mask_structure:
+    short = lambda s: str(s) if len(str(s)) < 300 else str(s)[:300] + '...'
+    raise ValueError('mtl_value_and_grad: shared must be a bool pytree with the structure of '
+                     f'params (or a function returning one, e.g. jax.tree_util.'
+                     f'tree_map_with_path of params); params are {short(structure)}, shared '
+                     f'is {short(mask_structure)}')
+  leaves = jax.tree_util.tree_leaves(mask)
+  if not all(isinstance(m, bool) or getattr(m, 'dtype', None) == bool for m in leaves):
+    raise TypeError('mtl_value_and_grad: every leaf of shared must be a Python bool')
+  return [bool(m) for m in leaves]
+
+
+def _split(params, mask):
+  leaves, treedef = jax.tree.flatten(params)
+  shared = [leaf for leaf, m in zip(leaves, mask) if m]
+  task = [leaf for leaf, m in zip(leaves, mask) if not m]
+
+  def merge(shared_leaves, task_leaves):
+    s, t = iter(shared_leaves), iter(task_leaves)
+    return jax.tree.unflatten(treedef, [next(s) if m else next(t) for m in mask])
+
+  return {'shared': shared, 'task': task}, merge
+
+
+def _checked_losses(out, has_aux: bool):
+  losses, aux = out if has_aux else (out, None)
+  losses = jnp.asarray(losses)
+  if losses.ndim != 1:
+    raise ValueError('mtl_value_and_grad: losses_fn must return the [T] per-task losses'
+                     f'{" (as the first element of its (losses, aux) pair)" if has_aux else ""}'
+                     f', got shape {losses.shape}')
+  return losses, aux
+
+
+def _representation_fns(representation_fn, heads_fn, merge, num, args, kwargs):
+  """``LossFns.trunk``/``heads`` from a user's ``z = representation_fn(params, ...)`` and
+  ``losses = heads_fn(z, params, ...)``: task t's loss reads copy t of z (the heads run once
+  per copy, vmapped)."""
+  def trunk(shared_leaves, task_leaves):
+    return representation_fn(merge(shared_leaves, task_leaves), *args, **kwargs), None
+
+  def heads(z_copies, shared_leaves, task_leaves):
+    params = merge(shared_leaves, task_leaves)
+
+    def one(z, t):
+      losses, _ = _checked_losses(heads_fn(z, params, *args, **kwargs), False)
+      return losses[t]
+
+    return jax.vmap(one)(z_copies, jnp.arange(num)), None
+
+  return trunk, heads
+
+
+def mtl_value_and_grad(losses_fn: Optional[Callable], method: Weighting, *, shared,
+                       has_aux: bool = False, mode: str = 'param',
+                       chunk_size: Optional[int] = None, head_grads: Optional[str] = None,
+                       representation_fn: Optional[Callable] = None,
+                       heads_fn: Optional[Callable] = None,
+                       after_step: Optional[str] = None) -> Callable:
+  """The per-task losses and the method's combined gradient of any JAX model.
+
+  Returns ``vg(params, state, key, *args, step=0, **kwargs) -> (losses, grads, weights,
+  new_state)``
+  (``((losses, aux), grads, weights, new_state)`` with ``has_aux``), pure and jittable:
+  ``losses`` [T] = ``losses_fn(params, *args, **kwargs)``; ``grads`` like ``params``: the
+  shared leaves get d = sum_t alpha_t grad L_t with alpha the method's weights (for gradient
+  methods computed from the per-task gradients J of the shared leaves, G = J J^T), the others
+  sum_t alpha_t grad L_t or sum_t grad L_t (``head_grads``); ``weights`` alpha [T];
+  ``new_state`` the method's.  As in the train step, a non-finite loss or gradient returns the
+  input ``state`` unchanged (the grads are then not finite: skip the update).
+
+  Args:
+    losses_fn: ``(params, *args, **kwargs) -> losses [T]`` (or ``(losses, aux)`` with
+      ``has_aux``).  Unused in mode 'rep' (may be None there).
+    method: a weighting method (``weighting.get(name)``).
+    shared: a bool pytree with the structure of ``params`` (True: shared) or a function of
+      ``params`` returning one, e.g. ``lambda p: {'trunk': True_tree, 'heads': False_tree}``.
+    has_aux: ``losses_fn`` returns ``(losses, aux)`` (mode 'param' only).
+    mode: 'param' (per-task gradients of the shared parameters) or 'rep' (of the shared
+      representation z, MGDA-UB of Sener & Koltun 2018: needs ``representation_fn`` and
+      ``heads_fn``; the combined cotangent goes through the representation in one VJP).
+    chunk_size: pull back this many tasks at a time (bounds memory); None: all at once.
+    head_grads: 'weighted' or 'unweighted' for the task-specific leaves; None: the method's.
+    representation_fn: mode 'rep': ``(params, *args, **kwargs) -> z``, reading only the
+      shared parameters.
+    heads_fn: mode 'rep': ``(z, params, *args, **kwargs) -> losses [T]``, reading only z and
+      the task-specific parameters.
+    after_step: as for ``combine``: a method with a post-update hook (FAMO) needs 'manual',
+      and then ``weighting.after_step(method, state, losses, losses_after)`` after each
+      update.
+
+  ``vg``'s ``state`` is the method's (``method.init(T)`` first, None for a stateless method),
+  ``key`` a PRNG key (required by random methods, else may be None), ``step`` the number of
+  updates so far (read by ``dwa`` and ``nash_mtl``; not passed to ``losses_fn``).
+
+  Raises:
+    ValueError: ``shared`` not shaped like ``params``, losses that are not a [T] vector or of
+      the wrong T for ``state``, a random method without a key, a bad option.
+  """
+  options = engine.Options(mode, chunk_size, head_grads, 0)
+  combine.check_after_step(method, after_step, 'mtl_value_and_grad', ('manual',))
+  rep = mode == 'rep'
+  if rep and (representation_fn is None or heads_fn is None or has_aux):
+    raise ValueError("mtl_value_and_grad: mode='rep' needs representation_fn and heads_fn "
+                     '(and no has_aux)')
+  if not rep and losses_fn is None:
+    raise ValueError('mtl_value_and_grad: losses_fn is required (mode param)')
+
+  def vg(params, state, key, *args, step=0, **kwargs):
+    combine.check_key(method, key, 'mtl_value_and_grad')
+    split, merge = _split(params, _mask_leaves(shared, params))
+    if rep:
+      num = jax.eval_shape(lambda p: heads_fn(representation_fn(p, *args, **kwargs), p,
+                                              *args, **kwargs), params).shape[0]
+    else:
+      num = jax.eval_shape(lambda p: _checked_losses(losses_fn(p, *args, **kwargs),
+                                                     has_aux)[0], params).shape[0]
+    engine.check(method, num, options, splits=rep)
+    state = combine.check_state(method, state, num, 'mtl_value_and_grad')
+
+    def full(p):
+      if rep:
+        losses = heads_fn(representation_fn(merge(p['shared'], p['task']), *args, **kwargs),
+                          merge(p['shared'], p['task']), *args, **kwargs)
+        return _checked_losses(losses, False)[0], {}, None
+      losses, aux = _checked_losses(losses_fn(merge(p['shared'], p['task']), *args, **kwargs),
+                                    has_aux)
+      return losses, {}, aux
+
+    fns = engine.LossFns(full)
+    if rep:
+      trunk, heads = _representation_fns(representation_fn, heads_fn, merge, num, args, kwargs)
+      fns = engine.LossFns(full, trunk=lambda s: trunk(s, split['task']),
+                           heads=lambda z, t: heads(z, split['shared'], t),
+                           merge=lambda a, b: None, num_tasks=num)
+    out = engine.task_gradients(method, split, state, key, jnp.asarray(step, jnp.int32), fns,
+                                options)
+    grads = merge(out.grads['shared'], out.grads['task'])
+    new_state = apply.keep_if(apply.all_finite(out.losses, out.grads), out.state, state)
+    value = (out.losses, out.model_state) if has_aux else out.losses
+    return value, grads, out.weights, new_state
+
+  return vg
