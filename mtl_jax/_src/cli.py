@@ -24,6 +24,15 @@ class UsageError(ValueError):
   """A bad flag, config file or workdir."""
 
 
+def _chain(error: BaseException) -> list:
+  """``error`` and the exceptions it was raised from or while handling, outermost first."""
+  chain = []
+  while error is not None:
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  return chain
+
+
 def fail(message: str, status: int, hint: str = DEBUG_HINT) -> NoReturn:
   """Prints ``mtl_jax: <message>`` (and ``hint``) to stderr and exits with ``status``."""
   sys.stderr.write(f'mtl_jax: {message}\n' + (f'{hint}\n' if hint else ''))
@@ -73,10 +82,7 @@ def _unknown_key_message(key: str, argv) -> str:
 def describe_flag_error(error: BaseException, argv: Sequence[str]) -> str:
   """One line for an error raised while absl parsed the flags (and ml_collections loaded the
   config file and applied the ``--config.*`` overrides)."""
-  chain, e = [], error
-  while e is not None:
-    chain.append(e)
-    e = e.__cause__ or e.__context__
+  chain = _chain(error)
   text = '\n'.join(str(e.args[0]) if e.args else str(e) for e in chain)
   if 'Failed loading config file' in text or 'Configuration is not available' in text:
     return config_file_message(_config_path(argv), text)
@@ -109,12 +115,8 @@ def load_config(flag):
     config = flag.value
     config.get('name')              # an unloadable file only fails when read
   except Exception as e:  # pylint: disable=broad-except
-    chain, cause = [], e
-    while cause is not None:
-      chain.append(str(cause))
-      cause = cause.__cause__ or cause.__context__
     path = getattr(flag, '_config_filename', None) or _config_path(sys.argv)
-    raise UsageError(config_file_message(path, '\n'.join(chain))) from e
+    raise UsageError(config_file_message(path, '\n'.join(map(str, _chain(e))))) from e
   if not hasattr(config, 'train'):
     raise UsageError(f'--config: get_config() must return an mtl_jax ConfigDict (see '
                      f'mtl_jax/configs/default.py), got {type(config).__name__}')

@@ -159,32 +159,33 @@ def _check_labels(task: Task, y: np.ndarray, labelled: np.ndarray) -> None:
   values = rows[labelled]
   if not values.size or task.kind == 'regression':
     return
-  if task.kind == 'multiclass':
-    bad = ((rows < 0) | (rows >= task.out_dim) | (rows != np.round(rows))) & at
-    rule = f'class labels must be integers in [0, {task.out_dim})'
-  else:
-    bad = ((rows < 0) | (rows > 1)) & at
-    rule = f'{task.kind} labels must be in [0, 1]'
+  bad = ~_entries_ok(task.kind, task.out_dim, rows, np) & at
+  rule = (f'class labels must be integers in [0, {task.out_dim})' if task.kind == 'multiclass'
+          else f'{task.kind} labels must be in [0, 1]')
   if bad.any():
     raise ValueError(f"task '{name}': {rule}, got values in [{values.min()!s}, {values.max()!s}]: "
                      f'{field} is invalid at {_example(bad, rows)}')
 
 
-def _labels_ok(kind: str, out_dim: int, y: jax.Array) -> jax.Array:
-  """[Tg, B] bool: whether each sample's label ``y`` [Tg, B, ...] (as given, not cast) is valid
-  for a task of ``kind``: finite; in [0, 1] for binary and multilabel; an integer value in
-  [0, out_dim) for multiclass.  NaN fails every comparison, so it is never valid."""
+def _entries_ok(kind: str, out_dim: int, y, xp=jnp):
+  """Per entry of the labels ``y`` (as given, not cast): whether it is valid for a task of
+  ``kind``: finite; in [0, 1] for binary and multilabel; an integer value in [0, out_dim)
+  for multiclass.  NaN fails every comparison, so it is never valid.  ``xp``: ``jnp`` in the
+  step, ``np`` for the host check (one rule for both)."""
   if y.dtype == bool:
-    ok = jnp.ones(y.shape, bool)
-  elif kind == 'regression':
-    ok = jnp.isfinite(y) if jnp.issubdtype(y.dtype, jnp.inexact) else jnp.ones(y.shape, bool)
-  elif kind == 'multiclass':
+    return xp.ones(y.shape, bool)
+  if kind == 'regression':
+    return xp.isfinite(y) if jnp.issubdtype(y.dtype, jnp.inexact) else xp.ones(y.shape, bool)
+  if kind == 'multiclass':
     ok = (y >= 0) & (y < out_dim)
-    if jnp.issubdtype(y.dtype, jnp.inexact):
-      ok = ok & (y == jnp.floor(y))
-  else:
-    ok = (y >= 0) & (y <= 1)
-  return ok.all(axis=tuple(range(2, y.ndim)))
+    return ok & (y == xp.floor(y)) if jnp.issubdtype(y.dtype, jnp.inexact) else ok
+  return (y >= 0) & (y <= 1)
+
+
+def _labels_ok(kind: str, out_dim: int, y: jax.Array) -> jax.Array:
+  """[Tg, B] bool: whether each sample's label ``y`` [Tg, B, ...] is valid (every entry,
+  ``_entries_ok``)."""
+  return _entries_ok(kind, out_dim, y).all(axis=tuple(range(2, y.ndim)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,9 +20,9 @@ class MetricWriter:
   ``add(step, metrics)`` keeps the step's device metrics without waiting for them; ``flush``
   fetches them, expands the ``[T]`` losses, weights and invalid-label counts into
   ``loss/<task>``, ``weight/<task>`` and ``invalid_labels/<task>``, writes, and
-  (``on_nonfinite='raise'``) raises ``NonFiniteLossError`` at the first rejected update.  On resume from ``resume_step``, lines of later steps (written
-  after the last checkpoint by the interrupted run) are dropped, and TensorBoard purges its
-  events past that step.
+  (``on_nonfinite='raise'``) raises ``NonFiniteLossError`` at the first rejected update.
+  On resume from ``resume_step``, lines of later steps (written after the last checkpoint by
+  the interrupted run) are dropped, and TensorBoard purges its events past that step.
   """
 
   def __init__(self, workdir: str, task_names: Sequence[str], resume_step: int = 0,

@@ -62,11 +62,12 @@ def as_optax(method: Weighting, num_tasks: int, key: Optional[jax.Array] = None,
     key: the first PRNG key (split at every update); required if ``method.random``, else
       defaults to ``PRNGKey(0)``.
     after_step: for a method with ``after_step`` (FAMO) 'manual' or 'next_batch' (None
-      raises); for any other method every choice does the same.  'manual': after applying the updates, call ``opt_state = optax_after_step(method,
-      opt_state, losses_after)`` with the losses at the new params on the same batch; exact,
-      as the train step.  'next_batch': the adapter runs ``after_step`` at the start of the
-      next update, with the previous update's losses as before and this update's (new params,
-      next batch) as after; no extra forward pass, exact for a deterministic (full-batch)
+      raises); for any other method every choice does the same.  'manual': after applying
+      the updates, call ``opt_state = optax_after_step(method, opt_state, losses_after)``
+      with the losses at the new params on the same batch; exact, as the train step.
+      'next_batch': the adapter runs ``after_step`` at the start of the next update, with
+      the previous update's losses as before and this update's (new params, next batch) as
+      after; no extra forward pass, exact for a deterministic (full-batch)
       objective (then the method state lags one ``after_step`` behind 'manual', the weights
       and updates are the same), an approximation for minibatches.
 
