@@ -11,7 +11,7 @@ import sys
 
 MODULES = ('mtl_jax', 'mtl_jax.weighting', 'mtl_jax.models', 'mtl_jax.data', 'mtl_jax.tasks',
            'mtl_jax.losses', 'mtl_jax.metrics', 'mtl_jax.parallel', 'mtl_jax.transfer',
-           'mtl_jax.train')
+           'mtl_jax.train', 'mtl_jax.report')
 PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'api.md')
 HEADER = """# The public API
 

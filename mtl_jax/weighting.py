@@ -10,7 +10,8 @@ A method is a ``Weighting``: pure ``init(num_tasks)`` and ``update(inputs, state
   (non-finite inputs leave the state unchanged, state checks).  ``after_step`` and
   ``optax_after_step``: the post-update hook of methods that have one (FAMO).
 * ``jacobian``, ``rows``, ``gram``, ``weighted_sum``: the engine's per-task Jacobian (one
-  vmapped pullback), its Gram matrix J J^T and the combination alpha^T J.
+  vmapped pullback), its Gram matrix J J^T and the combination alpha^T J;
+  ``gradient_diagnostics(G)``: per-task gradient norms, cosines and conflicting pairs.
 * ``solvers``: the jittable convex solvers (min-norm, non-negative QP, CAGrad, Nash-MTL).
 * ``task_gradients`` (with ``LossFns``, ``Options``, ``EngineOutput``): the train step's
   engine, usable on any loss functions.
@@ -30,6 +31,7 @@ from mtl_jax._src.weighting.base import WeightingInputs
 from mtl_jax._src.weighting.base import WeightingResult
 from mtl_jax._src.weighting.combine import Combined
 from mtl_jax._src.weighting.combine import combine
+from mtl_jax._src.weighting.diagnostics import gradient_diagnostics
 from mtl_jax._src.weighting.engine import EngineOutput
 from mtl_jax._src.weighting.engine import LossFns
 from mtl_jax._src.weighting.engine import Options
@@ -56,6 +58,6 @@ globals().update(_BUILDERS)
 __all__ = [
     'Combined', 'EngineOutput', 'LossFns', 'Needs', 'OptionError', 'Options', 'Weighting',
     'WeightingInputs', 'WeightingResult', 'WeightingState', 'after_step', 'as_optax',
-    'combine', 'get', 'gram', 'hyperparameters', 'jacobian', 'names', 'optax_after_step',
-    'register', 'rows', 'solvers', 'task_gradients', 'weighted_sum',
+    'combine', 'get', 'gradient_diagnostics', 'gram', 'hyperparameters', 'jacobian', 'names',
+    'optax_after_step', 'register', 'rows', 'solvers', 'task_gradients', 'weighted_sum',
 ] + sorted(_BUILDERS)

@@ -36,7 +36,7 @@ RESUMABLE_CHANGES = ('config.name', 'config.train.steps', 'config.train.log_ever
                      'config.train.checkpoint_every', 'config.train.keep_checkpoints',
                      'config.train.on_nonfinite', 'config.train.max_rejected_fraction',
                      'config.train.warn_rejected_fraction', 'config.train.rejected_window',
-                     'config.eval.')
+                     'config.train.diagnostics_every', 'config.eval.')
 
 
 # Keys renamed since version 0.1.0 (checkpoints written before still resume).
@@ -169,6 +169,10 @@ def _check_train_and_eval(c) -> None:
            "must be 'skip' or 'raise'", t.on_nonfinite)
   _require(t.num_devices >= 0, 'config.train.num_devices', 'must be >= 0 (0: all)',
            t.num_devices)
+  for field, block in (('train.diagnostics_every', t), ('eval.every', c.eval)):
+    value = block[field.split('.')[1]]
+    _require(type(value) is int and value >= 0, f'config.{field}',
+             'must be an integer >= 0 (0: off)', value)
   _require(type(c.eval.baselines) is bool, 'config.eval.baselines', 'must be True or False',
            c.eval.baselines)
   _require(c.eval.batch_size > 0, 'config.eval.batch_size', 'must be > 0', c.eval.batch_size)

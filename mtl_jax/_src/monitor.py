@@ -133,18 +133,18 @@ class Progress:
       return
     self.rejected += sum(int(s['rejected']) for _, s in written)
     step, scalars = written[-1]
+    shown = self.task_names[:6]
+    losses = ' '.join(f'{n}={scalars[f"loss/{n}"]:.4g}' for n in shown)
+    if len(self.task_names) > len(shown):
+      losses += f' (+{len(self.task_names) - len(shown)} tasks; total {scalars["loss"]:.4g})'
     if self.bar is not None:
       self.bar.update(step - self.bar.n)
-      self.bar.set_postfix(loss=f"{scalars['loss']:.4g}", rejected=self.rejected)
+      self.bar.set_postfix_str(f'loss {losses} rejected={self.rejected}')
       return
     last_step, last_time = self._last
     now = time.time()
     rate = (step - last_step) / max(now - last_time, 1e-9)
     self._last = (step, now)
-    shown = self.task_names[:6]
-    losses = ' '.join(f'{n}={scalars[f"loss/{n}"]:.4g}' for n in shown)
-    if len(self.task_names) > len(shown):
-      losses += f' (+{len(self.task_names) - len(shown)} tasks; total {scalars["loss"]:.4g})'
     print(f'step {step}/{self.total}  loss {losses}  {rate:.3g} steps/s  '
           f'ETA {_duration((self.total - step) / max(rate, 1e-9))}  '
           f'rejected {self.rejected}', file=self.out, flush=True)

@@ -20,6 +20,7 @@ from mtl_jax._src.tasks import TaskSet
 from mtl_jax._src.objective import Objective, apply_model
 from mtl_jax._src.weighting import engine
 from mtl_jax._src.weighting.base import Weighting
+from mtl_jax._src.weighting.diagnostics import gradient_diagnostics
 
 PyTree = Any
 
@@ -73,7 +74,7 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
                     head_grads: Optional[str] = None,
                     mesh: Optional[jax.sharding.Mesh] = None, jit: bool = True,
                     donate: bool = True, frozen: Optional[PyTree] = None,
-                    task_sampling: int = 0):
+                    task_sampling: int = 0, diagnostics_every: int = 0):
   """Returns a pure ``(state, batch) -> (state, metrics)``.
 
   Args:
@@ -95,6 +96,9 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
       the state's rng; the draw is data, so nothing recompiles): the others get weight 0
       and no gradient, and gradient methods pull back k rows only.  Needs a stateless
       weighting with ``min_tasks <= k``.  0 (or T): every task, every step.
+    diagnostics_every: N > 0 logs the gradient diagnostics of a loss-only method every N-th
+      update, at the cost of one Jacobian of the shared parameters on those steps (gradient
+      methods log them every step, free: they compute the Gram matrix anyway).
 
   Metrics: ``losses`` [T], ``weights`` [T], ``loss`` (= sum_t w_t L_t + auxiliary losses),
   ``grad_norm``, ``param_norm`` (of the params the step returns), ``lr``, ``rejected`` (1 if
@@ -102,10 +106,14 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
   of each task's loss: a label invalid for the task, e.g. class -1 or 2.7, or a mask not 0 or
   1; see ``TaskSet.invalid_labels``), ``nonfinite_inputs`` (samples with a NaN or inf
   input, which make the update rejected), ``aux_loss/<name>`` (each auxiliary loss the model
-  sowed), ``weighting/<name>`` (the method's diagnostics).
+  sowed), ``weighting/<name>`` (the method's diagnostics).  With a Gram matrix (gradient
+  methods; loss-only ones with ``diagnostics_every``): ``grad_norms`` [T] (each task's
+  gradient norm), ``grad_cos`` [T, T] (cosines), ``conflicts`` (pairs with a negative cosine),
+  NaN where not measured (see ``mtl_jax.weighting.gradient_diagnostics``); in ``mode='rep'``
+  of the representation gradients.
   """
   objective = Objective(model, tasks, frozen)
-  options = engine.Options(mode, chunk_size, head_grads, task_sampling)
+  options = engine.Options(mode, chunk_size, head_grads, task_sampling, diagnostics_every)
   engine.check(weighting, len(tasks), options, objective.splits)
 
   def train_step(state: TrainState, batch):
@@ -137,6 +145,7 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
         'nonfinite_inputs': tasks.nonfinite_inputs(batch),
         **{f'weighting/{k}': v for k, v in out.diagnostics.items()},
         **{f'aux_loss/{k}': v for k, v in out.aux_losses.items()},
+        **(gradient_diagnostics(out.gram) if out.gram is not None else {}),
     }
     return new.replace(step=state.step + 1, rng=rng), metrics
 

@@ -222,13 +222,15 @@ def make_step(run: Run, state: TrainState, traces: dict):
   frozen = transfer.frozen_mask(state.params, t.target) if t.freeze else None
   fields = {'mode': 'config.weighting.mode', 'chunk_size': 'config.weighting.chunk_size',
             'head_grads': 'config.weighting.head_grads',
-            'task_sampling': 'config.train.task_sampling', 'weighting': 'config.weighting.name'}
+            'task_sampling': 'config.train.task_sampling', 'weighting': 'config.weighting.name',
+            'diagnostics_every': 'config.train.diagnostics_every'}
   try:
     raw_step = make_train_step(
         run.model, run.tasks, run.optimizer, run.method, schedule=run.schedule, mode=w.mode,
         frozen=frozen, chunk_size=w.chunk_size or None,
         head_grads=None if w.head_grads == 'default' else w.head_grads, jit=False,
-        task_sampling=run.config.train.task_sampling)
+        task_sampling=run.config.train.task_sampling,
+        diagnostics_every=run.config.train.diagnostics_every)
   except engine.OptionError as e:
     raise ConfigError(f'{fields[e.field]}: {str(e).split(": ", 1)[1]}') from None
 
@@ -247,6 +249,8 @@ def train(run: Run, state: TrainState, start_step: int, traces: dict) -> TrainSt
   (``monitor.RejectionPolicy``: ``TrainingStopped`` when more than
   ``config.train.max_rejected_fraction`` of the recent ones were rejected).  Under
   ``config.train.on_nonfinite='raise'`` the writer stops the run at the first rejected one.
+  Every ``config.eval.every`` steps (0: never) the 'val' split is evaluated into that step's
+  line as ``val/<task>/<metric>``.
   """
   config = run.config
   train_step = make_step(run, state, traces)
@@ -257,6 +261,7 @@ def train(run: Run, state: TrainState, start_step: int, traces: dict) -> TrainSt
                                    config.train.warn_rejected_fraction,
                                    monitor.likely_causes(config, start_step))
   progress = monitor.Progress(config.train.steps, start_step, run.tasks.names)
+  validate = _validation(run) if config.eval.every else None
 
   def flush(step, final=False):
     written = writer.flush(run.checkpointer.latest_step())
@@ -271,6 +276,8 @@ def train(run: Run, state: TrainState, start_step: int, traces: dict) -> TrainSt
       if step == start_step + 1:
         run.tasks.check_batch(batch)      # structure once; values are checked when read
       state, metrics = train_step(state, parallel.shard_batch(batch, run.mesh))
+      if validate is not None and step % config.eval.every == 0:
+        metrics = dict(metrics, **validate(state))
       writer.add(step, metrics)
       last = step == config.train.steps
       if step % config.train.log_every == 0 or step % config.train.checkpoint_every == 0 \
@@ -285,15 +292,30 @@ def train(run: Run, state: TrainState, start_step: int, traces: dict) -> TrainSt
   return state
 
 
+def _validation(run: Run) -> Callable[[TrainState], dict]:
+  """``state -> {'val/<task>/<metric>': value}`` on the 'val' split (one compiled eval step)."""
+  eval_step = make_eval_step(run.model, run.tasks, mesh=run.mesh)
+
+  def validate(state):
+    metrics = evaluate(eval_step, state, run.tasks, _eval_batches(run, 'val'))
+    return {f'val/{task}/{name}': value for task, values in metrics.items()
+            for name, value in values.items() if name != 'count'}
+
+  return validate
+
+
+def _eval_batches(run: Run, split: str):
+  return (parallel.shard_batch(b, run.mesh) for b in data.eval_batches(
+      run.dataset.split(split), run.config.eval.batch_size, run.tasks,
+      process_index=jax.process_index(), process_count=jax.process_count()))
+
+
 def evaluate_splits(run: Run, state: TrainState) -> dict:
   """Stage 4: ``{split: {task: {metric: value}}}`` for ``config.eval.splits``."""
   eval_step = make_eval_step(run.model, run.tasks, mesh=run.mesh)
   out = {}
   for split in run.config.eval.splits:
-    batches = (parallel.shard_batch(b, run.mesh) for b in data.eval_batches(
-        run.dataset.split(split), run.config.eval.batch_size, run.tasks,
-        process_index=jax.process_index(), process_count=jax.process_count()))
-    out[split] = evaluate(eval_step, state, run.tasks, batches)
+    out[split] = evaluate(eval_step, state, run.tasks, _eval_batches(run, split))
   return out
 
 

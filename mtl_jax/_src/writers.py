@@ -21,6 +21,12 @@ class MetricWriter:
   fetches them, expands the ``[T]`` losses, weights and invalid-label counts into
   ``loss/<task>``, ``weight/<task>`` and ``invalid_labels/<task>``, writes, and
   (``on_nonfinite='raise'``) raises ``NonFiniteLossError`` at the first rejected update.
+
+  Gradient diagnostics (``grad_norms`` [T], ``grad_cos`` [T, T], ``conflicts``; NaN where not
+  measured) become ``grad_norm/<task>`` and ``conflicts`` on the steps that measured them,
+  and ``grad_cos/<a>/<b>`` (a before b in task order), the mean cosine over the measured
+  steps since the previous flush, on the flush's last step: T(T-1)/2 values per flush rather
+  than per step.
   On resume from ``resume_step``, lines of later steps (written after the last checkpoint by
   the interrupted run) are dropped, and TensorBoard purges its events past that step.
   """
@@ -55,12 +61,16 @@ class MetricWriter:
     rejected one under ``on_nonfinite='raise'``."""
     pending, self._pending = jax.device_get(self._pending), []
     written = []
+    cosines = _CosineMean(self.task_names)
     for step, metrics in pending:
-      scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+      scalars = {k: float(v) for k, v in metrics.items()
+                 if np.ndim(v) == 0 and not (k == 'conflicts' and np.isnan(v))}
       for key, prefix in (('losses', 'loss'), ('weights', 'weight'),
-                          ('invalid_labels', 'invalid_labels')):
+                          ('invalid_labels', 'invalid_labels'), ('grad_norms', 'grad_norm')):
         for name, value in zip(self.task_names, metrics.get(key, ())):
-          scalars[f'{prefix}/{name}'] = float(value)
+          if not (key == 'grad_norms' and np.isnan(value)):
+            scalars[f'{prefix}/{name}'] = float(value)
+      cosines.add(metrics.get('grad_cos'))
       if metrics['rejected'] and self.on_nonfinite == 'raise':
         self._flush_files()
         bad = [n for n, l in zip(self.task_names, metrics['losses']) if not np.isfinite(l)]
@@ -74,6 +84,8 @@ class MetricWriter:
         raise NonFiniteLossError(
             f'step {step}: {what}. The update was rejected and the run stopped '
             f"(config.train.on_nonfinite='raise'); {where}.")
+      if step == pending[-1][0]:
+        scalars.update(cosines.means())
       self.write(step, scalars)
       written.append((step, scalars))
     self._flush_files()
@@ -91,6 +103,33 @@ class MetricWriter:
   def close(self) -> None:
     self._file.close()
     self._tb.close()
+
+
+class _CosineMean:
+  """The mean of each task pair's measured (non-NaN) cosines over the steps ``add``ed."""
+
+  def __init__(self, task_names: Sequence[str]):
+    self.names = tuple(task_names)
+    self.total = self.count = None
+
+  def add(self, cos) -> None:
+    if cos is None:
+      return
+    cos = np.asarray(cos, np.float64)
+    measured = ~np.isnan(cos)
+    if self.total is None:
+      self.total, self.count = np.zeros_like(cos), np.zeros(cos.shape, np.int64)
+    self.total += np.where(measured, cos, 0.0)
+    self.count += measured
+
+  def means(self) -> dict:
+    """``{'grad_cos/<a>/<b>': mean}`` for the pairs a < b measured at least once."""
+    if self.total is None:
+      return {}
+    t = len(self.names)
+    return {f'grad_cos/{self.names[i]}/{self.names[j]}':
+            float(self.total[i, j] / self.count[i, j])
+            for i in range(t) for j in range(i + 1, t) if self.count[i, j]}
 
 
 def print_table(directions: Mapping[str, Mapping[str, bool]], results: Mapping,

@@ -112,10 +112,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.rejected_window = 100
   c.train.num_devices = 0         # devices on the mesh's data axis; 0: all
   c.train.task_sampling = 0       # train k random tasks per step (stateless weightings); 0: all
+  # Gradient diagnostics (per-task gradient norms, cosines, conflicting pairs) in the metrics:
+  # gradient methods every step (free); loss-only methods every N steps (one Jacobian then).
+  c.train.diagnostics_every = 0   # N for loss-only methods; 0: off
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 1000
   c.eval.splits = ('val', 'test')
+  c.eval.every = 0                # also evaluate the 'val' split every N steps into metrics.jsonl
   # Also train one single-task baseline per task (shared_bottom, one head, same backbone,
   # optimiser and steps; in workdir/baselines/<task>) and report them and Delta-m% in
   # results.json.

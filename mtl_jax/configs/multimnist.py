@@ -30,6 +30,8 @@ def get_config():
   c.train.batch_size = 256
   c.train.log_every = 100
   c.train.checkpoint_every = 500
+  c.train.diagnostics_every = 10   # gradient conflicts every 10 steps for loss-only methods
+  c.eval.every = 250               # validation metrics into metrics.jsonl
   c.eval.batch_size = 1000
   c.eval.baselines = True
   return c

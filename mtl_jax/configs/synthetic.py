@@ -17,4 +17,6 @@ def get_config():
   c.data.synthetic.correlation = 0.5
   c.data.synthetic.preset = 'keras_mmoe'
   c.train.steps = 4000
+  c.train.diagnostics_every = 10   # gradient conflicts every 10 steps (ew is loss-only)
+  c.eval.every = 500               # validation metrics into metrics.jsonl
   return c

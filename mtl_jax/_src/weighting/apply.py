@@ -7,7 +7,7 @@ method's post-update hook (FAMO), called by the train step and by users of ``com
 from non-finite numbers is dropped and the previous state kept.
 """
 
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -18,9 +18,17 @@ from mtl_jax._src.weighting.jacobian import gram
 PyTree = Any
 
 
+class MethodOutput(NamedTuple):
+  """What ``run_method`` returns."""
+  weights: jax.Array              # [num] coefficients alpha (gradients stopped)
+  state: PyTree                   # the method's new state
+  aux: dict                       # the method's own diagnostics ({name: scalar})
+  gram: Optional[jax.Array]       # [num, num] G = J J^T for GRAM/JACOBIAN methods, else None
+
+
 def run_method(method: Weighting, losses: jax.Array, step, jacobian: Optional[PyTree], state,
                key: Optional[jax.Array], num: int):
-  """The method on ``num`` tasks: ``(weights [num], new_state, diagnostics {name: scalar})``.
+  """The method on ``num`` tasks: ``MethodOutput(weights [num], state, aux, gram)``.
 
   Builds ``WeightingInputs`` (losses as constants, G = J J^T for GRAM/JACOBIAN methods, J for
   JACOBIAN methods), runs ``method.update`` and stops gradients through alpha.
@@ -38,16 +46,16 @@ def run_method(method: Weighting, losses: jax.Array, step, jacobian: Optional[Py
     ValueError: if the method returns weights that are not ``[num]``.
   """
   needs_grads = method.needs in (Needs.GRAM, Needs.JACOBIAN)
+  g = gram(jacobian, num) if needs_grads else None
   inputs = WeightingInputs(losses=jax.lax.stop_gradient(losses),
-                           step=jnp.asarray(step, jnp.int32),
-                           gram=gram(jacobian, num) if needs_grads else None,
+                           step=jnp.asarray(step, jnp.int32), gram=g,
                            jacobian=jacobian if method.needs is Needs.JACOBIAN else None)
   result = method.update(inputs, state, key)
   weights = jax.lax.stop_gradient(result.weights)
   if weights.shape != (num,):
     raise ValueError(f'weighting {method.name!r} returned weights of shape {weights.shape} '
                      f'for {num} tasks')
-  return weights, result.state, dict(result.aux or {})
+  return MethodOutput(weights, result.state, dict(result.aux or {}), g)
 
 
 def all_finite(*trees) -> jax.Array:

@@ -147,7 +147,7 @@ def combine(method: Weighting, jacobian, losses, *, state=None,
   num = num_tasks(jacobian)
   check_num_tasks(method, num, losses.shape)
   state = check_state(method, state, num, 'combine')
-  weights, new_state, _ = apply.run_method(method, losses, step, jacobian, state, key, num)
+  weights, new_state, _, _ = apply.run_method(method, losses, step, jacobian, state, key, num)
   direction = weighted_sum(jacobian, weights)
   finite = apply.all_finite(losses, jacobian, weights, direction)
   direction = jax.tree.map(lambda leaf: jnp.where(finite, leaf, jnp.nan), direction)

@@ -29,6 +29,13 @@ Task sampling (``Options.task_sampling`` = k): k tasks drawn per step; the metho
 sampled tasks only (losses, Gram matrix, Jacobian rows) and returns k weights, scattered into
 [T] with 0 for the others; gradient methods pull back k rows instead of T.
 
+Gradient diagnostics (``EngineOutput.gram``, read by ``diagnostics.gradient_diagnostics``):
+the Gram matrix G of the trained tasks' gradients, which gradient methods compute anyway
+(no extra backward pass); for loss-only methods, with ``Options.diagnostics_every`` = N > 0,
+the T rows of J are pulled back on every N-th step only (a ``lax.cond``: one Jacobian on
+those steps, nothing on the others, whose G is NaN).  In ``mode='rep'`` G is of the
+representation gradients dL_t/dz.
+
 ``check`` holds every compatibility rule between a method, the options and the model.
 """
 
@@ -40,7 +47,8 @@ import jax.numpy as jnp
 from mtl_jax._src.weighting.apply import after_step  # noqa: F401  (the train step's)
 from mtl_jax._src.weighting.apply import run_method as _run
 from mtl_jax._src.weighting.base import Needs, Weighting
-from mtl_jax._src.weighting.jacobian import rows, weighted_sum
+from mtl_jax._src.weighting.diagnostics import scatter_gram, unmeasured
+from mtl_jax._src.weighting.jacobian import gram, rows, weighted_sum
 
 PyTree = Any
 MODES = ('param', 'rep')
@@ -77,11 +85,15 @@ class Options(NamedTuple):
     head_grads: 'weighted' or 'unweighted' task-specific gradients; None: the method's.
     task_sampling: k in (0, T) trains k tasks drawn uniformly without replacement per step;
       0 or T: every task.
+    diagnostics_every: N > 0 gives loss-only methods the Gram matrix of the T task gradients
+      (``EngineOutput.gram``) on every N-th step (``step % N == 0``), at the cost of one
+      Jacobian on those steps; 0: none.  Gradient methods always return theirs.
   """
   mode: str = 'param'
   chunk_size: Optional[int] = None
   head_grads: Optional[str] = None
   task_sampling: int = 0
+  diagnostics_every: int = 0
 
 
 class EngineOutput(NamedTuple):
@@ -93,6 +105,8 @@ class EngineOutput(NamedTuple):
   state: PyTree              # the method's new state
   model_state: PyTree        # the model's new non-parameter state
   diagnostics: dict          # the method's own diagnostics ({name: scalar})
+  gram: Optional[jax.Array] = None  # [T, T] G of the task gradients, NaN where not measured;
+                                    # None for a loss-only method without diagnostics_every
 
 
 class OptionError(ValueError):
@@ -120,6 +134,9 @@ def check(method: Weighting, num_tasks: int, options: Options, splits: bool) -> 
   chunk = options.chunk_size
   if chunk is not None and (type(chunk) is not int or chunk < 1):
     raise OptionError('chunk_size', f'must be a positive integer or None, got {chunk!r}')
+  every = options.diagnostics_every
+  if type(every) is not int or every < 0:
+    raise OptionError('diagnostics_every', f'must be an integer >= 0 (0: off), got {every!r}')
   k = options.task_sampling
   if type(k) is not int or not 0 <= k <= num_tasks:
     raise OptionError('task_sampling', f'must be an integer in [0, {num_tasks}] (0: off), '
@@ -204,14 +221,31 @@ def _loss_only(method, params, state, key, step, fns, options, subset):
   losses = all_losses[:num]
   subset = _sample(key, num, options.task_sampling) if subset is None else subset
   picked = losses if subset is None else losses[subset]
-  weights, new_state, diagnostics = _run(method, picked, step, None, state, key,
-                                         picked.shape[0])
+  weights, new_state, diagnostics, _ = _run(method, picked, step, None, state, key,
+                                            picked.shape[0])
   weights = _scatter(weights, subset, num)
   (grads,) = vjp_fn(_with_aux(weights.astype(losses.dtype), aux_losses))
   if (options.head_grads or method.head_grads) == 'unweighted':
     active = _with_aux(_active(subset, num, losses.dtype), aux_losses)
     grads = dict(grads, task=vjp_fn(active)[0]['task'])
-  return EngineOutput(losses, aux_losses, grads, weights, new_state, model_state, diagnostics)
+  g = _occasional_gram(vjp_fn, num, len(aux_losses), losses.dtype, step, options)
+  return EngineOutput(losses, aux_losses, grads, weights, new_state, model_state, diagnostics,
+                      g)
+
+
+def _occasional_gram(vjp_fn, num, num_aux, dtype, step, options):
+  """G of all T tasks' shared-parameter gradients on every ``diagnostics_every``-th step
+  (NaN on the others), from T pullbacks; None when the option is off."""
+  every = options.diagnostics_every
+  if not every:
+    return None
+
+  def measure():
+    cotangents = jnp.eye(num, num + num_aux, dtype=dtype)
+    jac = rows(lambda c: (vjp_fn(c)[0]['shared'],), cotangents, chunk_size=options.chunk_size)
+    return gram(jac, num)
+
+  return jax.lax.cond(jnp.asarray(step) % every == 0, measure, lambda: unmeasured(num))
 
 
 def _whole_network(method, params, state, key, step, fns, options, subset):
@@ -234,7 +268,7 @@ def _whole_network(method, params, state, key, step, fns, options, subset):
   aux_grad = jax.tree.map(lambda leaf: leaf[used], jac) if num_aux else None
   jac = jax.tree.map(lambda leaf: leaf[:used], jac) if num_aux else jac
   picked = losses if subset is None else losses[subset]
-  weights, new_state, diagnostics = _run(method, picked, step, jac, state, key, used)
+  weights, new_state, diagnostics, g = _run(method, picked, step, jac, state, key, used)
   shared = weighted_sum(jac, weights.astype(losses.dtype))
   if aux_grad is not None:
     shared = jax.tree.map(jnp.add, shared, aux_grad)
@@ -244,7 +278,7 @@ def _whole_network(method, params, state, key, step, fns, options, subset):
                     else _active(subset, num, losses.dtype))
   task = vjp_fn(_with_aux(head_cotangent, aux_losses))[1]
   return EngineOutput(losses, aux_losses, {'shared': shared, 'task': task}, weights,
-                      new_state, model_state, diagnostics)
+                      new_state, model_state, diagnostics, scatter_gram(g, subset, num))
 
 
 def _through_representation(method, params, state, key, step, fns, options, subset):
@@ -268,12 +302,13 @@ def _through_representation(method, params, state, key, step, fns, options, subs
   else:
     jac = rep_jac
   picked = losses if subset is None else losses[subset]
-  weights, new_state, diagnostics = _run(method, picked, step, jac, state, key, used)
+  weights, new_state, diagnostics, g = _run(method, picked, step, jac, state, key, used)
   combined = weighted_sum(jac, weights.astype(losses.dtype))
   shared = combined if options.mode == 'param' else pull(combined)
   weights = _scatter(weights, subset, num)
   task = (head_vjp(weights.astype(losses.dtype))[1]
           if (options.head_grads or method.head_grads) == 'weighted' else unweighted_task)
   return EngineOutput(losses, {}, {'shared': shared, 'task': task}, weights, new_state,
-                      fns.merge(trunk_state, heads_state), diagnostics)
+                      fns.merge(trunk_state, heads_state), diagnostics,
+                      scatter_gram(g, subset, num))
 
