@@ -1,5 +1,5 @@
 # make demo: set up .venv and run the default experiment into runs/demo/
-# make test: set up .venv (with the test extra) and run the whole test suite
+# make test: set up .venv (with the test extra) and run the whole test suite and the notebooks
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -18,8 +18,10 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) -m mtl_jax.main --config=mtl_jax/configs/synthetic.py --workdir=runs/demo
 
+# The notebooks run headless (nbmake) in their small size, beside the tests.
 test: install
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=30 tests
+	MTL_JAX_SMALL=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=30 \
+	  --nbmake --nbmake-timeout=600 tests notebooks
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

