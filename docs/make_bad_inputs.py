@@ -82,6 +82,8 @@ for flag, expect in [
     ("--config.eval.splits=('dev',)", 'config.eval.splits'),
     ('--config.model.dropout=1.5', 'config.model.dropout'),
     ('--config.train.max_rejected_fraction=0', 'config.train.max_rejected_fraction'),
+    ('--config.train.diagnostics_every=-1', 'config.train.diagnostics_every'),
+    ('--config.eval.every=-5', 'config.eval.every'),
     ('surplus', 'unexpected arguments'),
 ]:
   case('command line', f'`{flag}`', expect)(lambda flag=flag: cli_error(*flag.split()))
@@ -315,6 +317,44 @@ def _optax_famo():
 def _unknown_method():
   method('nope')
   return 'silent', ''
+
+
+def _value_and_grad(losses_fn, name='mgda', shared=None, key=None):
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import mtl_jax  # pylint: disable=import-outside-toplevel
+  params = {'w': jnp.ones(3), 'head': jnp.ones(2)}
+  shared = shared if shared is not None else {'w': True, 'head': False}
+  vg = mtl_jax.mtl_value_and_grad(losses_fn, method(name), shared=shared)
+  vg(params, method(name).init(2), key)
+  return 'silent', ''
+
+
+@case('library', '`mtl_value_and_grad` with `shared` not shaped like the params',
+      'structure of params')
+def _vg_shared():
+  return _value_and_grad(lambda p: p['w'][:2] * p['head'], shared={'w': True})
+
+
+@case('library', '`mtl_value_and_grad` whose `losses_fn` returns a scalar', '[T] per-task')
+def _vg_scalar():
+  return _value_and_grad(lambda p: (p['w'][:2] * p['head']).sum())
+
+
+@case('library', '`mtl_value_and_grad(pcgrad)` called without a key', 'PRNG key')
+def _vg_key():
+  return _value_and_grad(lambda p: p['w'][:2] * p['head'], name='pcgrad')
+
+
+@case('library', '`python -m mtl_jax.report` on a directory without metrics.jsonl',
+      'has no metrics')
+def _report_empty():
+  proc = subprocess.run([sys.executable, '-m', 'mtl_jax.report', tempfile.mkdtemp()],
+                        cwd=REPO, capture_output=True, text=True,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  if proc.returncode == 0:
+    return 'silent', 'exit status 0'
+  raise CliFailure(f'exit {proc.returncode}, {len(lines)} line(s): {lines[0] if lines else ""}')
 
 
 # ---- checkpoints -----------------------------------------------------------------------------
