@@ -47,12 +47,15 @@ def init_train_state(model: nn.Module, tasks: TaskSet, optimizer: optax.Gradient
   """Initialises params from ``sample_inputs`` (a batch's inputs) and every other state."""
   engine.check(weighting, len(tasks), engine.Options(), splits=True)
   init_rng, rng = jax.random.split(rng)
-  rngs = {'params': init_rng, 'dropout': init_rng}
-  lowered = jax.jit(model.init, static_argnames='train').lower(rngs, sample_inputs, train=False)
   # Init runs once: on the CPU, compile it fast rather than well (LeNet: 6.8 s -> 1.1 s); the
-  # params then differ from a fully optimised compile's by at most about an ulp.
-  fast = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
-  variables = lowered.compile(compiler_options=fast)(rngs, sample_inputs)
+  # params then differ from a fully optimised compile's by at most about an ulp.  (Under an
+  # outer jit or vmap the call is inlined and the options do not apply.)
+  traced = any(isinstance(x, jax.core.Tracer)
+               for x in jax.tree_util.tree_leaves((init_rng, sample_inputs)))
+  fast = ({'xla_backend_optimization_level': 0}
+          if jax.default_backend() == 'cpu' and not traced else None)
+  init = jax.jit(model.init, static_argnames='train', compiler_options=fast)
+  variables = init({'params': init_rng, 'dropout': init_rng}, sample_inputs, train=False)
   variables = flax.core.unfreeze(variables)
   params = variables.pop('params')
   params.setdefault('shared', {})    # a model without shared parameters (``independent``)
