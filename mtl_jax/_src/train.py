@@ -8,6 +8,7 @@ Experiments made of several runs (single-task baselines, encoder pretraining) ar
 """
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -143,6 +144,11 @@ class Run:
   @property
   def tasks(self) -> TaskSet:
     return self.dataset.tasks
+
+  @functools.cached_property
+  def eval_step(self):
+    """The run's one jitted eval step (validation during training and the final splits)."""
+    return make_eval_step(self.model, self.tasks, mesh=self.mesh)
 
 
 def build(config, workdir: str) -> Run:
@@ -293,11 +299,10 @@ def train(run: Run, state: TrainState, start_step: int, traces: dict) -> TrainSt
 
 
 def _validation(run: Run) -> Callable[[TrainState], dict]:
-  """``state -> {'val/<task>/<metric>': value}`` on the 'val' split (one compiled eval step)."""
-  eval_step = make_eval_step(run.model, run.tasks, mesh=run.mesh)
+  """``state -> {'val/<task>/<metric>': value}`` on the 'val' split."""
 
   def validate(state):
-    metrics = evaluate(eval_step, state, run.tasks, _eval_batches(run, 'val'))
+    metrics = evaluate(run.eval_step, state, run.tasks, _eval_batches(run, 'val'))
     return {f'val/{task}/{name}': value for task, values in metrics.items()
             for name, value in values.items() if name != 'count'}
 
@@ -312,10 +317,9 @@ def _eval_batches(run: Run, split: str):
 
 def evaluate_splits(run: Run, state: TrainState) -> dict:
   """Stage 4: ``{split: {task: {metric: value}}}`` for ``config.eval.splits``."""
-  eval_step = make_eval_step(run.model, run.tasks, mesh=run.mesh)
   out = {}
   for split in run.config.eval.splits:
-    out[split] = evaluate(eval_step, state, run.tasks, _eval_batches(run, split))
+    out[split] = evaluate(run.eval_step, state, run.tasks, _eval_batches(run, split))
   return out
 
 

@@ -35,8 +35,7 @@ def gradient_diagnostics(gram: jax.Array) -> dict:
   g = jnp.asarray(gram, jnp.float32)
   if g.ndim != 2 or g.shape[0] != g.shape[1]:
     raise ValueError(f'gradient_diagnostics: the Gram matrix must be [T, T], got {g.shape}')
-  norms = jnp.sqrt(jnp.maximum(jnp.diagonal(g), 0.0))
-  norms = jnp.where(jnp.isnan(jnp.diagonal(g)), jnp.nan, norms)
+  norms = jnp.sqrt(jnp.maximum(jnp.diagonal(g), 0.0))   # NaN (not measured) stays NaN
   scale = norms[:, None] * norms[None, :]
   cos = jnp.where(scale > 0, g / jnp.where(scale > 0, scale, 1.0), jnp.nan)
   cos = jnp.clip(cos, -1.0, 1.0)       # rounding can leave |cos| a hair above 1; NaN stays
