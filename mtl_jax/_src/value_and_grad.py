@@ -81,7 +81,7 @@ def _representation_fns(representation_fn, heads_fn, merge, num, args, kwargs):
 
 
 def mtl_value_and_grad(losses_fn: Optional[Callable], method: Weighting, *, shared,
-                       has_aux: bool = False, mode: str = 'param',
+                       has_aux: bool = False, mode: str = 'auto',
                        chunk_size: Optional[int] = None, head_grads: Optional[str] = None,
                        representation_fn: Optional[Callable] = None,
                        heads_fn: Optional[Callable] = None,
@@ -104,11 +104,15 @@ def mtl_value_and_grad(losses_fn: Optional[Callable], method: Weighting, *, shar
     method: a weighting method (``weighting.get(name)``).
     shared: a bool pytree with the structure of ``params`` (True: shared) or a function of
       ``params`` returning one, e.g. ``lambda p: {'trunk': True_tree, 'heads': False_tree}``.
-    has_aux: ``losses_fn`` returns ``(losses, aux)`` (mode 'param' only).
-    mode: 'param' (per-task gradients of the shared parameters) or 'rep' (of the shared
-      representation z, MGDA-UB of Sener & Koltun 2018: needs ``representation_fn`` and
-      ``heads_fn``; the combined cotangent goes through the representation in one VJP).
-    chunk_size: pull back this many tasks at a time (bounds memory); None: all at once.
+    has_aux: ``losses_fn`` returns ``(losses, aux)`` (not in mode 'rep').
+    mode: 'auto' (default: 'gram' for methods that read only the Gram matrix, else
+      'param'), 'param' (per-task gradients of the shared parameters), 'gram' (their Gram
+      matrix from each layer's inputs and output cotangents, never forming them: see
+      ``mtl_jax/_src/weighting/gramian.py``) or 'rep' (of the shared representation z,
+      MGDA-UB of Sener & Koltun 2018: needs ``representation_fn`` and ``heads_fn``; the
+      combined cotangent goes through the representation in one VJP).
+    chunk_size: mode 'param': pull back this many tasks at a time (bounds memory); None:
+      all at once.
     head_grads: 'weighted' or 'unweighted' for the task-specific leaves; None: the method's.
     representation_fn: mode 'rep': ``(params, *args, **kwargs) -> z``, reading only the
       shared parameters.
@@ -133,7 +137,7 @@ def mtl_value_and_grad(losses_fn: Optional[Callable], method: Weighting, *, shar
     raise ValueError("mtl_value_and_grad: mode='rep' needs representation_fn and heads_fn "
                      '(and no has_aux)')
   if not rep and losses_fn is None:
-    raise ValueError('mtl_value_and_grad: losses_fn is required (mode param)')
+    raise ValueError(f'mtl_value_and_grad: losses_fn is required (mode {mode!r})')
 
   def vg(params, state, key, *args, step=0, **kwargs):
     combine.check_key(method, key, 'mtl_value_and_grad')

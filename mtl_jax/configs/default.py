@@ -69,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.weighting = ml_collections.ConfigDict()
   c.weighting.name = 'ew'
-  c.weighting.mode = 'param'          # per-task gradients of the shared params, or 'rep'
+  c.weighting.mode = 'auto'           # 'auto' (exact, cheapest), 'param', 'gram' or 'rep'
   c.weighting.chunk_size = 0          # tasks per Jacobian chunk; 0: all at once
   c.weighting.head_grads = 'default'  # 'default' (the method's), 'weighted', 'unweighted'
   for name in registry.WEIGHTINGS.names():  # one block per method, its builder's defaults

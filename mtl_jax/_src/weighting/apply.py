@@ -27,7 +27,7 @@ class MethodOutput(NamedTuple):
 
 
 def run_method(method: Weighting, losses: jax.Array, step, jacobian: Optional[PyTree], state,
-               key: Optional[jax.Array], num: int):
+               key: Optional[jax.Array], num: int, gram_matrix: Optional[jax.Array] = None):
   """The method on ``num`` tasks: ``MethodOutput(weights [num], state, aux, gram)``.
 
   Builds ``WeightingInputs`` (losses as constants, G = J J^T for GRAM/JACOBIAN methods, J for
@@ -41,12 +41,16 @@ def run_method(method: Weighting, losses: jax.Array, step, jacobian: Optional[Py
       method; a Jacobian with no leaves is allowed (G = 0).
     state: the method's state; ``key``: its PRNG key (None for a method that is not random).
     num: the number of tasks.
+    gram_matrix: G when the caller has it without a Jacobian (the engine's Gramian mode;
+      ``jacobian`` is then None and the method a GRAM method).
 
   Raises:
     ValueError: if the method returns weights that are not ``[num]``.
   """
   needs_grads = method.needs in (Needs.GRAM, Needs.JACOBIAN)
-  g = gram(jacobian, num) if needs_grads else None
+  g = gram_matrix
+  if g is None and needs_grads:
+    g = gram(jacobian, num)
   inputs = WeightingInputs(losses=jax.lax.stop_gradient(losses),
                            step=jnp.asarray(step, jnp.int32), gram=g,
                            jacobian=jacobian if method.needs is Needs.JACOBIAN else None)

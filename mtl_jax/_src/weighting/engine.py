@@ -12,6 +12,15 @@ through the heads gives every dL_t/dz, and only the trunk is pulled back T times
 1 head backward + T trunk backward passes.  Otherwise each row is a pullback through the
 whole network.
 
+``mode='gram'`` (the Gramian mode, ``gramian.py``): G from each layer's inputs and the T
+per-task cotangents of its output, G_W[s, t] = <Delta_s, (x x^T) Delta_t> for a dense layer
+(rules for dense, convolution and embedding layers; the exact per-task gradient for every
+other parameter), never forming J; then d = J^T alpha by one more VJP.  For methods that read
+only G.
+
+``mode='auto'`` (the default) picks the exact mode for the method: loss-only methods need no
+mode, GRAM methods get 'gram' ('param' with ``chunk_size``), JACOBIAN methods 'param'.
+
 ``mode='rep'``: the rows are the per-task gradients dL_t/dz of the shared representation; the
 combined cotangent sum_t alpha_t dL_t/dz is pushed through the trunk exactly, in one VJP
 (MGDA-UB, Sener & Koltun 2018).  Cheaper when z is smaller than the shared parameters.
@@ -48,10 +57,11 @@ from mtl_jax._src.weighting.apply import after_step  # noqa: F401  (the train st
 from mtl_jax._src.weighting.apply import run_method as _run
 from mtl_jax._src.weighting.base import Needs, Weighting
 from mtl_jax._src.weighting.diagnostics import scatter_gram, unmeasured
+from mtl_jax._src.weighting.gramian import gram_vjp
 from mtl_jax._src.weighting.jacobian import gram, rows, weighted_sum
 
 PyTree = Any
-MODES = ('param', 'rep')
+MODES = ('auto', 'param', 'gram', 'rep')
 HEAD_GRADS = ('weighted', 'unweighted')
 
 
@@ -79,9 +89,12 @@ class Options(NamedTuple):
   """How the engine computes gradients (``check`` validates them).
 
   Attributes:
-    mode: 'param' (per-task gradients of the shared parameters) or 'rep' (of the shared
-      representation; needs ``LossFns.trunk``/``heads``).  Loss-only methods ignore it.
+    mode: 'auto' (the exact mode for the method: ``resolve_mode``), 'param' (the per-task
+      gradients of the shared parameters), 'gram' (their Gram matrix from layer inputs and
+      output cotangents; GRAM methods) or 'rep' (gradients of the shared representation;
+      needs ``LossFns.trunk``/``heads``).  Loss-only methods ignore it.
     chunk_size: pull back this many tasks at a time (``lax.map``) to bound memory; None: all.
+      Mode 'param' only.
     head_grads: 'weighted' or 'unweighted' task-specific gradients; None: the method's.
     task_sampling: k in (0, T) trains k tasks drawn uniformly without replacement per step;
       0 or T: every task.
@@ -89,7 +102,7 @@ class Options(NamedTuple):
       (``EngineOutput.gram``) on every N-th step (``step % N == 0``), at the cost of one
       Jacobian on those steps; 0: none.  Gradient methods always return theirs.
   """
-  mode: str = 'param'
+  mode: str = 'auto'
   chunk_size: Optional[int] = None
   head_grads: Optional[str] = None
   task_sampling: int = 0
@@ -125,6 +138,12 @@ def check(method: Weighting, num_tasks: int, options: Options, splits: bool) -> 
                       f'tasks, got {num_tasks}')
   if options.mode not in MODES:
     raise OptionError('mode', f'must be one of {MODES}, got {options.mode!r}')
+  if options.mode == 'gram' and method.needs is Needs.JACOBIAN:
+    raise OptionError('mode', f"'gram' gives the Gram matrix only; weighting {method.name!r} "
+                      "reads the Jacobian itself: use mode 'param' (or 'auto')")
+  if options.mode == 'gram' and options.chunk_size is not None:
+    raise OptionError('chunk_size', "mode 'gram' keeps no Jacobian to chunk; use mode "
+                      "'param' with chunk_size (or 'auto')")
   if options.mode == 'rep' and not splits:
     raise OptionError('mode', "'rep' needs a model with representation() and heads() "
                       'methods (a shared representation)')
@@ -149,6 +168,15 @@ def check(method: Weighting, num_tasks: int, options: Options, splits: bool) -> 
     if k < method.min_tasks:
       raise OptionError('task_sampling', f'weighting {method.name!r} needs at least '
                         f'{method.min_tasks} tasks per step, got {k}')
+
+
+def resolve_mode(method: Weighting, options: Options) -> str:
+  """The mode ``options.mode`` means for ``method``: 'auto' becomes 'gram' for GRAM methods
+  (exact, and the cheapest; 'param' with ``chunk_size``), 'param' otherwise."""
+  if options.mode != 'auto':
+    return options.mode
+  gram_only = method.needs is Needs.GRAM and options.chunk_size is None
+  return 'gram' if gram_only else 'param'
 
 
 def _sample(key, num_tasks, k):
@@ -203,6 +231,7 @@ def task_gradients(method: Weighting, params, state, key, step, fns: LossFns,
     subset: optional [k] sorted task indices to train this step, instead of the draw of
       ``options.task_sampling`` (the method must be stateless, as for task sampling).
   """
+  options = options._replace(mode=resolve_mode(method, options))
   args = (method, params, state, key, step, fns, options, subset)
   if method.needs is Needs.LOSSES:
     return _loss_only(*args)
@@ -210,6 +239,8 @@ def task_gradients(method: Weighting, params, state, key, step, fns: LossFns,
     return _through_representation(*args)
   if options.mode == 'rep':
     raise OptionError('mode', "'rep' needs loss functions with a trunk and heads")
+  if options.mode == 'gram':
+    return _whole_network_gram(*args)
   return _whole_network(*args)
 
 
@@ -281,10 +312,37 @@ def _whole_network(method, params, state, key, step, fns, options, subset):
                       new_state, model_state, diagnostics, scatter_gram(g, subset, num))
 
 
+def _whole_network_gram(method, params, state, key, step, fns, options, subset):
+  """G from the layer rules (``gram_vjp``), then d and the heads from VJPs with cotangent
+  (alpha, 1_K): the auxiliary losses' gradient rides on the same pass."""
+  split = lambda shared, task: _flat_losses(fns.full)({'shared': shared, 'task': task})
+  r = gram_vjp(split, params['shared'], params['task'], has_aux=True)
+  aux_losses, model_state = r.aux
+  num = r.out.shape[0] - len(aux_losses)
+  losses = r.out[:num]
+  subset = _sample(key, num, options.task_sampling) if subset is None else subset
+  cotangents = jnp.eye(num, num + len(aux_losses), dtype=losses.dtype)
+  cotangents = cotangents if subset is None else cotangents[subset]
+  used = cotangents.shape[0]
+  picked = losses if subset is None else losses[subset]
+  weights, new_state, diagnostics, g = _run(method, picked, step, None, state, key, used,
+                                            r.gram(cotangents))
+  weights = _scatter(weights, subset, num)
+  shared, task = r.vjp(_with_aux(weights.astype(losses.dtype), aux_losses))
+  if (options.head_grads or method.head_grads) != 'weighted':
+    task = r.vjp(_with_aux(_active(subset, num, losses.dtype), aux_losses))[1]
+  return EngineOutput(losses, aux_losses, {'shared': shared, 'task': task}, weights,
+                      new_state, model_state, diagnostics, scatter_gram(g, subset, num))
+
+
 def _through_representation(method, params, state, key, step, fns, options, subset):
   """dL_t/dz for every t in one head backward pass, then the trunk (T times, or once in
-  mode 'rep')."""
-  z, trunk_vjp, trunk_state = jax.vjp(fns.trunk, params['shared'], has_aux=True)
+  mode 'rep'; in mode 'gram' T cotangent passes for G and one VJP for d)."""
+  if options.mode == 'gram':
+    r = gram_vjp(fns.trunk, params['shared'], has_aux=True)
+    z, trunk_vjp, trunk_state, trunk_gram = r.out, r.vjp, r.aux, r.gram
+  else:
+    z, trunk_vjp, trunk_state = jax.vjp(fns.trunk, params['shared'], has_aux=True)
   pull = lambda cotangent: trunk_vjp(cotangent)[0]
   num = fns.num_tasks
   copies = jax.tree.map(lambda a: jnp.broadcast_to(a, (num,) + a.shape), z)
@@ -295,16 +353,20 @@ def _through_representation(method, params, state, key, step, fns, options, subs
   if subset is not None:
     rep_jac = jax.tree.map(lambda leaf: leaf[subset], rep_jac)
   used = num if subset is None else subset.shape[0]
-  if options.mode == 'param':
-    chunk = options.chunk_size
-    jac = (jax.vmap(pull)(rep_jac) if chunk is None or chunk >= used
-           else jax.lax.map(pull, rep_jac, batch_size=chunk))
+  picked = losses if subset is None else losses[subset]
+  if options.mode == 'gram':
+    weights, new_state, diagnostics, g = _run(method, picked, step, None, state, key, used,
+                                              trunk_gram(rep_jac))
+    shared = pull(weighted_sum(rep_jac, weights.astype(losses.dtype)))
   else:
     jac = rep_jac
-  picked = losses if subset is None else losses[subset]
-  weights, new_state, diagnostics, g = _run(method, picked, step, jac, state, key, used)
-  combined = weighted_sum(jac, weights.astype(losses.dtype))
-  shared = combined if options.mode == 'param' else pull(combined)
+    if options.mode == 'param':
+      chunk = options.chunk_size
+      jac = (jax.vmap(pull)(rep_jac) if chunk is None or chunk >= used
+             else jax.lax.map(pull, rep_jac, batch_size=chunk))
+    weights, new_state, diagnostics, g = _run(method, picked, step, jac, state, key, used)
+    combined = weighted_sum(jac, weights.astype(losses.dtype))
+    shared = combined if options.mode == 'param' else pull(combined)
   weights = _scatter(weights, subset, num)
   task = (head_vjp(weights.astype(losses.dtype))[1]
           if (options.head_grads or method.head_grads) == 'weighted' else unweighted_task)

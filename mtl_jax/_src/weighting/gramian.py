@@ -1,0 +1,363 @@
+"""The Gramian mode: G = J J^T from each layer's inputs and per-task output cotangents.
+
+A Gram method needs only G[s, t] = <g_s, g_t> of the per-task gradients of the shared
+parameters, and then d = J^T alpha (one more VJP).  Forming J costs T weight gradients and
+T^2 P for G.  For a parameter W that enters the model once, through y = x W (a dense layer;
+any ``dot_general`` with W as one operand), task t's gradient is x^T Delta_t with
+Delta_t = dL_t/dy, so
+
+    G_W[s, t] = <x^T Delta_s, x^T Delta_t> = <Delta_s, (x x^T) Delta_t>
+
+needs no weight gradient: B^2 in for K = x x^T, T B^2 out for K Delta_t and T^2 B out for the
+inner products, instead of T B in out + T^2 in out (TorchJD's ``autogram`` engine rests on
+the same identity).  The first layer then needs no backward pass at all, the others only the
+propagation of the T cotangents.
+
+How the model's code stays unchanged: ``gram_vjp`` traces the loss function to a jaxpr and
+re-evaluates it with a *tap* on each rule-covered layer: a zero ``eps`` added to its output
+y, whose cotangent is Delta, and a record of its other operand x.  The tapped parameters
+are found in the jaxpr, through nested ``jit`` calls: a shared parameter used exactly once,
+possibly through inner-product-preserving ops (``convert_element_type``, ``reshape``,
+``transpose``, ``squeeze``, ``expand_dims``, ``copy``), as an operand of
+
+* ``dot_general`` (dense layers, ``einsum``, attention projections, experts and columns
+  stacked with ``vmap``, which become dot batch dimensions): the identity above per batch
+  index, K = x_b x_b^T over x's free (sample) dimensions;
+* ``conv_general_dilated`` (the kernel; no feature or batch groups): the same identity over
+  the patches (``lax.conv_general_dilated_patches``), K = P P^T over batch x positions;
+* ``gather`` of rows of a table (``nn.Embed``, ``jnp.take(axis=0)``): K[i, j] = [id_i = id_j]
+  over the looked-up ids (ids out of range, dropped by the gather, count nowhere).
+
+For each tapped layer the rule takes, at trace time from the shapes, the cheaper of the
+identity and the explicit per-task gradients (the layer's own VJP under ``vmap``, dropped
+after its Gram block: never the whole J).  Every other shared parameter (biases, layer and
+batch norm scales and offsets, a weight used twice, a parameter inside ``scan``,
+``custom_vjp`` or ``remat``) gets its exact per-task gradient from the same vmapped VJP;
+vectors of that kind cost T B C, as much as any identity would.  So G is always exact up to
+floating-point rounding, whatever the model.
+
+One forward pass serves both: ``vjp`` (ordinary cotangents, e.g. alpha) and ``gram`` (the
+Gram matrix of the pullbacks of k cotangent rows).  Under ``jit``, the weight gradients of
+tapped parameters that ``gram`` does not use are dead code.
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+PyTree = Any
+_CALLS = ('pjit', 'jit', 'closed_call', 'core_call')
+_PASS = ('convert_element_type', 'reshape', 'transpose', 'squeeze', 'expand_dims', 'copy',
+         'copy_p')
+_RULES = ('dot_general', 'conv_general_dilated', 'gather')
+POLICIES = ('cheapest', 'identity', 'explicit')
+
+
+class Tap(NamedTuple):
+  """A tapped layer: shared leaf ``leaf`` enters ``eqn`` as operand ``operand``."""
+  leaf: int
+  eqn: Any
+  operand: int
+
+
+def _sub_jaxpr(eqn):
+  """The ClosedJaxpr of a call equation (``jit`` and friends), else None."""
+  if eqn.primitive.name not in _CALLS:
+    return None
+  sub = eqn.params.get('jaxpr', eqn.params.get('call_jaxpr'))
+  return sub if hasattr(sub, 'consts') else None
+
+
+def _var(v):
+  """``v`` if it is a variable (not a literal), else None."""
+  return v if hasattr(v, 'aval') and not hasattr(v, 'val') else None
+
+
+def _analyse(jaxpr, origin: dict, uses: dict, path=()) -> None:
+  """Fills ``uses[leaf]`` with ('tap', path, eqn, operand) or ('other',) for each use of a
+  shared leaf; ``origin`` maps variables to the leaf they carry unchanged."""
+  for k, eqn in enumerate(jaxpr.eqns):
+    found = [(i, origin[_var(v)]) for i, v in enumerate(eqn.invars)
+             if _var(v) is not None and _var(v) in origin]
+    if not found:
+      continue
+    sub = _sub_jaxpr(eqn)
+    if sub is not None:
+      inner = {iv: origin[_var(v)] for iv, v in zip(sub.jaxpr.invars, eqn.invars)
+               if _var(v) is not None and _var(v) in origin}
+      _analyse(sub.jaxpr, inner, uses, path + (k,))
+      for ov in sub.jaxpr.outvars:     # a parameter returned by the call
+        if _var(ov) is not None and _var(ov) in inner:
+          uses.setdefault(inner[_var(ov)], []).append(('other',))
+      continue
+    name = eqn.primitive.name
+    if name in _PASS and len(found) == 1 and len(eqn.outvars) == 1:
+      origin[eqn.outvars[0]] = found[0][1]
+    elif name in _RULES and len(found) == 1 and (name != 'gather' or found[0][0] == 0):
+      uses.setdefault(found[0][1], []).append(('tap', path + (k,), eqn, found[0][0]))
+    else:
+      for _, leaf in found:
+        uses.setdefault(leaf, []).append(('other',))
+  for v in jaxpr.outvars:
+    if _var(v) is not None and _var(v) in origin:
+      uses.setdefault(origin[_var(v)], []).append(('other',))
+
+
+def find_taps(jaxpr, num_leaves: int) -> dict:
+  """``{path: Tap}`` for the shared leaves (the first ``num_leaves`` invars) used once, by a
+  rule-covered equation; ``path`` is the equation's index path through nested calls."""
+  uses: dict = {}
+  _analyse(jaxpr, {v: i for i, v in enumerate(jaxpr.invars[:num_leaves])}, uses)
+  taps = {}
+  for leaf, found in uses.items():
+    if len(found) == 1 and found[0][0] == 'tap':
+      _, path, eqn, operand = found[0]
+      taps[path] = Tap(leaf, eqn, operand)
+  return taps
+
+
+def _bind(eqn, invals):
+  """``eqn``'s primitive applied to ``invals``, as ``jax.core.eval_jaxpr`` does."""
+  params = eqn.primitive.get_bind_params(eqn.params)
+  subfuns, params = params if isinstance(params, tuple) else ((), params)
+  with eqn.ctx.manager if hasattr(eqn, 'ctx') else _null():
+    out = eqn.primitive.bind(*subfuns, *invals, **params)
+  return out if eqn.primitive.multiple_results else [out]
+
+
+class _null:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *args):
+    return False
+
+
+def _evaluate(jaxpr, consts, args, taps: dict, eps: dict, records: dict, path=()):
+  """``jaxpr`` on ``args`` with ``eps[path]`` added to each tapped output and the tapped
+  equation's operands stored in ``records[path]``; returns the outputs."""
+  env = {}
+  read = lambda v: v.val if _var(v) is None else env[v]
+  for v, x in zip(jaxpr.constvars, consts):
+    env[v] = x
+  for v, x in zip(jaxpr.invars, args):
+    env[v] = x
+  for k, eqn in enumerate(jaxpr.eqns):
+    here = path + (k,)
+    invals = [read(v) for v in eqn.invars]
+    sub = _sub_jaxpr(eqn)
+    if sub is not None and any(p[:len(here)] == here for p in taps):
+      outs = _evaluate(sub.jaxpr, sub.consts, invals, taps, eps, records, here)
+    else:
+      outs = _bind(eqn, invals)
+      if here in taps:
+        records[here] = invals
+        outs = [outs[0] + eps[here]]
+    for v, x in zip(eqn.outvars, outs):
+      env[v] = x
+  return [read(v) for v in jaxpr.outvars]
+
+
+class GramVJP(NamedTuple):
+  """What ``gram_vjp`` returns.
+
+  Attributes:
+    out: ``fn``'s output (without the aux part).
+    vjp: ``cotangent -> (grad shared, *grads others)``, as ``jax.vjp``'s function.
+    gram: ``rows -> G [k, k]``: the Gram matrix of the shared-parameter gradients pulled back
+      from k cotangent rows (a pytree like ``out`` with a leading axis k).
+    aux: ``fn``'s aux output (with ``has_aux``), else None.
+    taps: ``{path: Tap}``, the layers covered by a rule (for inspection and tests).
+  """
+  out: Any
+  vjp: Callable
+  gram: Callable
+  aux: Any
+  taps: dict
+
+
+def gram_vjp(fn: Callable, shared, *others, has_aux: bool = False,
+             policy: str = 'cheapest') -> GramVJP:
+  """``jax.vjp`` of ``fn(shared, *others)`` that also gives Gram matrices of ``shared``'s
+  per-row gradients through the layer rules of this module.
+
+  Args:
+    fn: ``(shared, *others) -> out`` (``(out, aux)`` with ``has_aux``); any JAX function.
+    shared: the parameters whose gradients' Gram matrix ``gram`` returns (a pytree).
+    others: further differentiable arguments (the task-specific parameters).
+    has_aux: ``fn`` returns ``(out, aux)``; aux is not differentiated.
+    policy: per tapped layer, 'cheapest' (by multiply-add count), or always 'identity' /
+      'explicit' where both apply (for tests).
+  """
+  if policy not in POLICIES:
+    raise ValueError(f'policy must be one of {POLICIES}, got {policy!r}')
+  flat, tree = jax.tree.flatten(shared)
+  flat_fn = lambda leaves, *rest: fn(jax.tree.unflatten(tree, leaves), *rest)
+  closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(flat, *others)
+  taps = find_taps(closed.jaxpr, len(flat))
+  out_tree = jax.tree.structure(out_shape)
+
+  def tapped(eps, leaves, *rest):
+    records = {}
+    args = jax.tree.leaves((leaves, rest))
+    outs = _evaluate(closed.jaxpr, closed.consts, args, taps, eps, records)
+    result = jax.tree.unflatten(out_tree, outs)
+    out, aux = result if has_aux else (result, None)
+    return out, (aux, records)
+
+  eps = {p: jnp.zeros(t.eqn.outvars[0].aval.shape, t.eqn.outvars[0].aval.dtype)
+         for p, t in taps.items()}
+  out, pull, (aux, records) = jax.vjp(tapped, eps, flat, *others, has_aux=True)
+
+  def vjp(cotangent):
+    _, leaves, *rest = pull(cotangent)
+    return (jax.tree.unflatten(tree, leaves), *rest)
+
+  def gram(rows):
+    deltas, leaves = jax.vmap(lambda c: pull(c)[:2])(rows)
+    untapped = [g for i, g in enumerate(leaves) if i not in {t.leaf for t in taps.values()}]
+    num = jax.tree.leaves(rows)[0].shape[0]
+    g = _explicit_gram(untapped, num, _gram_dtype(flat))
+    for p, t in taps.items():
+      g = g + tap_gram(t, records[p], deltas[p], policy).astype(g.dtype)
+    return g
+
+  return GramVJP(out, vjp, gram, aux, taps)
+
+
+def _gram_dtype(leaves):
+  """float64 for float64 parameters (under x64), else float32."""
+  wide = any(jnp.dtype(leaf.dtype) == jnp.float64 for leaf in leaves)
+  return jnp.float64 if wide else jnp.float32
+
+
+def _explicit_gram(rows_list, num, dtype):
+  """sum over [k, ...] per-task gradients of their k x k Gram matrices."""
+  g = jnp.zeros((num, num), dtype)
+  for r in rows_list:
+    b = r.reshape(num, -1).astype(dtype)
+    g = g + b @ b.T
+  return g
+
+
+def tap_gram(tap: Tap, operands, deltas, policy: str = 'cheapest') -> jax.Array:
+  """G [k, k] of the tapped parameter's per-row gradients, from the equation's operands and
+  the k output cotangents ``deltas`` [k, *out]: by its layer rule, or explicitly."""
+  rule = {'dot_general': _dot_identity, 'conv_general_dilated': _conv_identity,
+          'gather': _gather_identity}[tap.eqn.primitive.name]
+  found = rule(tap, operands, deltas)   # (identity cost, explicit cost, thunk), or None
+  if found is not None and (policy == 'identity'
+                            or (policy == 'cheapest' and found[0] < found[1])):
+    return found[2]()
+  return _explicit_tap(tap, operands, deltas)
+
+
+def _explicit_tap(tap, operands, deltas):
+  """The k gradients of the tapped operand from the equation's own VJP, and their Gram."""
+  def one(delta):
+    f = lambda w: _bind(tap.eqn, operands[:tap.operand] + [w] + operands[tap.operand + 1:])[0]
+    return jax.vjp(f, operands[tap.operand])[1](delta)[0]
+  grads = jax.vmap(one)(deltas)
+  return _explicit_gram([grads], deltas.shape[0], _wide(grads.dtype))
+
+
+def _wide(dtype):
+  return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+
+
+def _kernel_gram(x, deltas):
+  """sum_b <Delta_s,b, (x_b x_b^T) Delta_t,b> for x [nb, N, C], deltas [k, nb, N, R]."""
+  dtype = _wide(jnp.result_type(x.dtype, deltas.dtype))
+  x, deltas = x.astype(dtype), deltas.astype(dtype)
+  kernel = jnp.einsum('bnc,bmc->bnm', x, x)
+  kd = jnp.einsum('bnm,tbmr->tbnr', kernel, deltas)
+  return jnp.einsum('sbnr,tbnr->st', deltas, kd)
+
+
+def _costs(nb, n, c, r, k):
+  """Multiply-adds of the identity (K, K Delta, inner products) and of the explicit way (k
+  gradients x_b^T Delta_b, their Gram matrix) for x [nb, n, c] and Delta [k, nb, n, r]."""
+  identity = float(nb) * n * n * c + float(k) * nb * n * n * r + float(k) * k * nb * n * r
+  explicit = float(k) * nb * n * c * r + float(k) * k * nb * c * r
+  return identity, explicit
+
+
+def _dot_identity(tap, operands, deltas):
+  """The dense rule: y = dot_general(x, W) (either side), per dot batch index."""
+  (contract, batch) = tap.eqn.params['dimension_numbers']
+  p, q = tap.operand, 1 - tap.operand
+  x = operands[q]
+  x_c, x_b = contract[q], batch[q]
+  w_free = [d for d in range(operands[p].ndim) if d not in contract[p] + batch[p]]
+  x_free = [d for d in range(x.ndim) if d not in x_c + x_b]
+  nb = int(np.prod([x.shape[d] for d in x_b]))
+  n = int(np.prod([x.shape[d] for d in x_free]))
+  c = int(np.prod([x.shape[d] for d in x_c]))
+  r = int(np.prod([operands[p].shape[d] for d in w_free]))
+  xs = jnp.transpose(x, tuple(x_b) + tuple(x_free) + tuple(x_c)).reshape(nb, n, c)
+  # The output is (batch dims, lhs free dims, rhs free dims).
+  k = deltas.shape[0]
+  nbd, nx, nw = len(x_b), len(x_free), len(w_free)
+  order = (list(range(nbd)) + list(range(nbd, nbd + nx)) + list(range(nbd + nx, nbd + nx + nw))
+           if q == 0 else
+           list(range(nbd)) + list(range(nbd + nw, nbd + nw + nx)) + list(range(nbd, nbd + nw)))
+  ds = jnp.transpose(deltas, [0] + [i + 1 for i in order]).reshape(k, nb, n, r)
+  return (*_costs(nb, n, c, r, k), lambda: _kernel_gram(xs, ds))
+
+
+def _conv_identity(tap, operands, deltas):
+  """The convolution rule over patches: K = P P^T, P [batch x positions, C_in x window]."""
+  params = tap.eqn.params
+  if (tap.operand != 1 or params['feature_group_count'] != 1
+      or params['batch_group_count'] != 1):
+    return None
+  lhs, rhs = operands
+  spec = params['dimension_numbers']
+  window = [rhs.shape[d] for d in spec.rhs_spec[2:]]
+  patches = lax.conv_general_dilated_patches(
+      lhs, window, params['window_strides'], params['padding'],
+      lhs_dilation=params['lhs_dilation'], rhs_dilation=params['rhs_dilation'],
+      dimension_numbers=spec, precision=params['precision'])
+  # patches: laid out as the output (out_spec), its feature dimension C_in x window.
+  out_spec = spec.out_spec
+  to_nsc = (out_spec[0],) + tuple(out_spec[2:]) + (out_spec[1],)
+  p = jnp.transpose(patches, to_nsc)
+  n = int(np.prod(p.shape[:-1]))
+  xs = p.reshape(1, n, p.shape[-1])
+  k = deltas.shape[0]
+  ds = jnp.transpose(deltas, (0,) + tuple(d + 1 for d in to_nsc)).reshape(k, 1, n, -1)
+  return (*_costs(1, n, p.shape[-1], ds.shape[-1], k), lambda: _kernel_gram(xs, ds))
+
+
+def _gather_identity(tap, operands, deltas):
+  """The embedding rule: rows of a table [V, ...] looked up by ids (``jnp.take(axis=0)``):
+  G[s, t] = sum_{i, j: id_i = id_j} <Delta_s,i, Delta_t,j>."""
+  table, indices = operands
+  dims, params = tap.eqn.params['dimension_numbers'], tap.eqn.params
+  rows_only = (tuple(dims.collapsed_slice_dims) == (0,) and tuple(dims.start_index_map) == (0,)
+               and not getattr(dims, 'operand_batching_dims', ())
+               and tuple(params['slice_sizes']) == (1,) + table.shape[1:]
+               and tuple(dims.offset_dims) == tuple(range(indices.ndim - 1,
+                                                          indices.ndim - 1 + table.ndim - 1)))
+  if not rows_only or indices.shape[-1] != 1:
+    return None
+  ids = indices.reshape(-1)
+  if 'CLIP' in str(params['mode']) or 'PROMISE' in str(params['mode']):
+    ids = jnp.clip(ids, 0, table.shape[0] - 1)
+  valid = (ids >= 0) & (ids < table.shape[0])
+  k, n = deltas.shape[0], ids.shape[0]
+  ds = deltas.reshape(k, 1, n, -1)
+
+  def run():
+    dtype = _wide(deltas.dtype)
+    same = (ids[:, None] == ids[None, :]) & valid[:, None] & valid[None, :]
+    kd = jnp.einsum('nm,tbmr->tbnr', same.astype(dtype), ds.astype(dtype))
+    return jnp.einsum('sbnr,tbnr->st', ds.astype(dtype), kd)
+
+  r = ds.shape[-1]
+  identity = float(k) * n * n * r + float(k) * k * n * r
+  explicit = float(k) * n * r + float(k) * k * table.shape[0] * r
+  return identity, explicit, run
