@@ -137,6 +137,28 @@ def test_representation_mode_equals_the_hand_computation():
   np.testing.assert_allclose(grads['heads']['v'], task, rtol=2e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize('mode', ['param', 'gram'])
+def test_representation_split_with_stacked_heads_equals_jacrev_and_combine(mode):
+  """With representation_fn and heads_fn (head t reading copy t of z, ``stacked_heads``),
+  modes 'param' and 'gram' give the whole-network result: jacrev + combine."""
+  params = _plain_params()
+  rep = lambda p, x, y: jnp.tanh(x @ p['trunk']['w'])
+  heads = lambda z_t, p, x, y: jnp.mean(
+      (jnp.einsum('tbh,th->bt', z_t, p['heads']['v']) - y) ** 2, axis=0)
+  method = weighting.get('upgrad')
+  vg = jax.jit(mtl_value_and_grad(_plain_losses, method, shared=SHARED, mode=mode,
+                                  representation_fn=rep, heads_fn=heads, stacked_heads=True))
+  losses, grads, weights, _ = vg(params, None, None, X, Y)
+  jac = jax.jacrev(_plain_losses)(params, X, Y)
+  direction, task, alpha, _ = _expected(method, jac['trunk'], jac['heads'], losses, None, None)
+  np.testing.assert_allclose(weights, alpha, rtol=2e-4, atol=1e-6)
+  np.testing.assert_allclose(grads['trunk']['w'], direction['w'], rtol=2e-4, atol=1e-5)
+  np.testing.assert_allclose(grads['heads']['v'], task['v'], rtol=2e-4, atol=1e-5)
+  with pytest.raises(ValueError, match='losses_fn is required with stacked_heads'):
+    mtl_value_and_grad(None, method, shared=SHARED, representation_fn=rep, heads_fn=heads,
+                       stacked_heads=True)
+
+
 def test_a_nan_loss_keeps_the_state():
   method = weighting.get('uw')
   state = method.init(T)

@@ -61,15 +61,31 @@ def _checked_losses(out, has_aux: bool):
   return losses, aux
 
 
-def _representation_fns(representation_fn, heads_fn, merge, num, args, kwargs):
+def _check_functions(mode, losses_fn, representation_fn, heads_fn, has_aux, stacked_heads):
+  """Raises ``ValueError`` for a combination of functions ``mtl_value_and_grad`` can't use."""
+  split = representation_fn is not None and heads_fn is not None
+  if mode == 'rep' and (not split or has_aux):
+    raise ValueError("mtl_value_and_grad: mode='rep' needs representation_fn and heads_fn "
+                     '(and no has_aux)')
+  if (representation_fn is None) != (heads_fn is None):
+    raise ValueError('mtl_value_and_grad: representation_fn and heads_fn go together')
+  if losses_fn is None and (not split or stacked_heads):
+    raise ValueError('mtl_value_and_grad: losses_fn is required'
+                     f'{" with stacked_heads" if split else ""} (mode {mode!r})')
+
+
+def _representation_fns(representation_fn, heads_fn, merge, num, args, kwargs,
+                        stacked_heads=False):
   """``LossFns.trunk``/``heads`` from a user's ``z = representation_fn(params, ...)`` and
   ``losses = heads_fn(z, params, ...)``: task t's loss reads copy t of z (the heads run once
-  per copy, vmapped)."""
+  per copy, vmapped; with ``stacked_heads``, once on all copies)."""
   def trunk(shared_leaves, task_leaves):
     return representation_fn(merge(shared_leaves, task_leaves), *args, **kwargs), None
 
   def heads(z_copies, shared_leaves, task_leaves):
     params = merge(shared_leaves, task_leaves)
+    if stacked_heads:
+      return _checked_losses(heads_fn(z_copies, params, *args, **kwargs), False)[0], None
 
     def one(z, t):
       losses, _ = _checked_losses(heads_fn(z, params, *args, **kwargs), False)
@@ -85,6 +101,7 @@ def mtl_value_and_grad(losses_fn: Optional[Callable], method: Weighting, *, shar
                        chunk_size: Optional[int] = None, head_grads: Optional[str] = None,
                        representation_fn: Optional[Callable] = None,
                        heads_fn: Optional[Callable] = None,
+                       stacked_heads: bool = False,
                        after_step: Optional[str] = None) -> Callable:
   """The per-task losses and the method's combined gradient of any JAX model.
 
@@ -116,8 +133,14 @@ def mtl_value_and_grad(losses_fn: Optional[Callable], method: Weighting, *, shar
     head_grads: 'weighted' or 'unweighted' for the task-specific leaves; None: the method's.
     representation_fn: mode 'rep': ``(params, *args, **kwargs) -> z``, reading only the
       shared parameters.
-    heads_fn: mode 'rep': ``(z, params, *args, **kwargs) -> losses [T]``, reading only z and
-      the task-specific parameters.
+    heads_fn: ``(z, params, *args, **kwargs) -> losses [T]``, reading only z and the
+      task-specific parameters (with ``representation_fn``: the representation split, used
+      by modes 'rep', 'param' and 'gram': one backward pass through the heads gives every
+      dL_t/dz).  The heads run once per task on a copy of z (T^2 head evaluations), unless
+      ``stacked_heads``.
+    stacked_heads: ``heads_fn`` takes ``z_T`` with a leading task axis (T copies of z) and
+      task t's loss reads only ``z_T[t]`` (e.g. ``einsum('tbd,tdc->tbc', z_T, w)``): one
+      evaluation of the heads instead of T.
     after_step: as for ``combine``: a method with a post-update hook (FAMO) needs 'manual',
       and then ``weighting.after_step(method, state, losses, losses_after)`` after each
       update.
@@ -132,37 +155,31 @@ def mtl_value_and_grad(losses_fn: Optional[Callable], method: Weighting, *, shar
   """
   options = engine.Options(mode, chunk_size, head_grads, 0)
   combine.check_after_step(method, after_step, 'mtl_value_and_grad', ('manual',))
-  rep = mode == 'rep'
-  if rep and (representation_fn is None or heads_fn is None or has_aux):
-    raise ValueError("mtl_value_and_grad: mode='rep' needs representation_fn and heads_fn "
-                     '(and no has_aux)')
-  if not rep and losses_fn is None:
-    raise ValueError(f'mtl_value_and_grad: losses_fn is required (mode {mode!r})')
+  _check_functions(mode, losses_fn, representation_fn, heads_fn, has_aux, stacked_heads)
+  uses_split = representation_fn is not None and heads_fn is not None and not has_aux
 
   def vg(params, state, key, *args, step=0, **kwargs):
     combine.check_key(method, key, 'mtl_value_and_grad')
     split, merge = _split(params, _mask_leaves(shared, params))
-    if rep:
-      num = jax.eval_shape(lambda p: heads_fn(representation_fn(p, *args, **kwargs), p,
-                                              *args, **kwargs), params).shape[0]
-    else:
-      num = jax.eval_shape(lambda p: _checked_losses(losses_fn(p, *args, **kwargs),
-                                                     has_aux)[0], params).shape[0]
-    engine.check(method, num, options, splits=rep)
+
+    def all_losses(p):
+      if losses_fn is not None:
+        return _checked_losses(losses_fn(p, *args, **kwargs), has_aux)
+      return _checked_losses(heads_fn(representation_fn(p, *args, **kwargs), p, *args,
+                                      **kwargs), False)
+
+    num = jax.eval_shape(lambda p: all_losses(p)[0], params).shape[0]
+    engine.check(method, num, options, splits=uses_split)
     state = combine.check_state(method, state, num, 'mtl_value_and_grad')
 
     def full(p):
-      if rep:
-        losses = heads_fn(representation_fn(merge(p['shared'], p['task']), *args, **kwargs),
-                          merge(p['shared'], p['task']), *args, **kwargs)
-        return _checked_losses(losses, False)[0], {}, None
-      losses, aux = _checked_losses(losses_fn(merge(p['shared'], p['task']), *args, **kwargs),
-                                    has_aux)
+      losses, aux = all_losses(merge(p['shared'], p['task']))
       return losses, {}, aux
 
     fns = engine.LossFns(full)
-    if rep:
-      trunk, heads = _representation_fns(representation_fn, heads_fn, merge, num, args, kwargs)
+    if uses_split:
+      trunk, heads = _representation_fns(representation_fn, heads_fn, merge, num, args, kwargs,
+                                         stacked_heads)
       fns = engine.LossFns(full, trunk=lambda s: trunk(s, split['task']),
                            heads=lambda z, t: heads(z, split['shared'], t),
                            merge=lambda a, b: None, num_tasks=num)
