@@ -216,7 +216,7 @@ def test_auto_mode_picks_the_exact_mode_of_each_method():
   assert engine.Options().mode == 'auto'
   assert resolve('upgrad') == 'gram' and resolve('mgda') == 'gram'
   assert resolve('gradnorm', layer='last') == 'param'          # reads the Jacobian
-  assert resolve('ew') == 'param'                               # loss-only: no mode
+  assert resolve('ew') == 'gram'                                # loss-only: G for diagnostics
   assert engine.resolve_mode(weighting.get('mgda'), engine.Options(chunk_size=2)) == 'param'
   assert engine.resolve_mode(weighting.get('mgda'), engine.Options(mode='rep')) == 'rep'
   with pytest.raises(engine.OptionError, match='mode'):

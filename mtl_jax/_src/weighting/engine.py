@@ -18,8 +18,9 @@ per-task cotangents of its output, G_W[s, t] = <Delta_s, (x x^T) Delta_t> for a 
 other parameter), never forming J; then d = J^T alpha by one more VJP.  For methods that read
 only G.
 
-``mode='auto'`` (the default) picks the exact mode for the method: loss-only methods need no
-mode, GRAM methods get 'gram' ('param' with ``chunk_size``), JACOBIAN methods 'param'.
+``mode='auto'`` (the default) picks the exact mode for the method: GRAM methods get 'gram'
+('param' with ``chunk_size``), JACOBIAN methods 'param'; loss-only methods need no mode but
+for ``diagnostics_every`` (then 'gram' measures G).
 
 ``mode='rep'``: the rows are the per-task gradients dL_t/dz of the shared representation; the
 combined cotangent sum_t alpha_t dL_t/dz is pushed through the trunk exactly, in one VJP
@@ -172,10 +173,11 @@ def check(method: Weighting, num_tasks: int, options: Options, splits: bool) -> 
 
 def resolve_mode(method: Weighting, options: Options) -> str:
   """The mode ``options.mode`` means for ``method``: 'auto' becomes 'gram' for GRAM methods
-  (exact, and the cheapest; 'param' with ``chunk_size``), 'param' otherwise."""
+  (exact, and the cheapest; 'param' with ``chunk_size``) and for loss-only ones (where it
+  only decides how ``diagnostics_every`` measures G), 'param' for JACOBIAN methods."""
   if options.mode != 'auto':
     return options.mode
-  gram_only = method.needs is Needs.GRAM and options.chunk_size is None
+  gram_only = method.needs is not Needs.JACOBIAN and options.chunk_size is None
   return 'gram' if gram_only else 'param'
 
 
@@ -246,8 +248,17 @@ def task_gradients(method: Weighting, params, state, key, step, fns: LossFns,
 
 def _loss_only(method, params, state, key, step, fns, options, subset):
   """One VJP with cotangent (alpha, 1_K) (and one with (1, 1_K) for unweighted heads)."""
-  all_losses, vjp_fn, (aux_losses, model_state) = jax.vjp(_flat_losses(fns.full), params,
-                                                          has_aux=True)
+  if options.diagnostics_every and options.mode == 'gram':
+    split = lambda shared, task: _flat_losses(fns.full)({'shared': shared, 'task': task})
+    r = gram_vjp(split, params['shared'], params['task'], has_aux=True)
+    all_losses, (aux_losses, model_state) = r.out, r.aux
+    vjp_fn = lambda c: (dict(zip(('shared', 'task'), r.vjp(c))),)
+    gram_of = r.gram
+  else:
+    all_losses, vjp_fn, (aux_losses, model_state) = jax.vjp(_flat_losses(fns.full), params,
+                                                            has_aux=True)
+    pull = lambda c: (vjp_fn(c)[0]['shared'],)
+    gram_of = lambda c: gram(rows(pull, c, chunk_size=options.chunk_size), c.shape[0])
   num = all_losses.shape[0] - len(aux_losses)
   losses = all_losses[:num]
   subset = _sample(key, num, options.task_sampling) if subset is None else subset
@@ -259,23 +270,18 @@ def _loss_only(method, params, state, key, step, fns, options, subset):
   if (options.head_grads or method.head_grads) == 'unweighted':
     active = _with_aux(_active(subset, num, losses.dtype), aux_losses)
     grads = dict(grads, task=vjp_fn(active)[0]['task'])
-  g = _occasional_gram(vjp_fn, num, len(aux_losses), losses.dtype, step, options)
+  g = _occasional_gram(gram_of, num, len(aux_losses), losses.dtype, step, options)
   return EngineOutput(losses, aux_losses, grads, weights, new_state, model_state, diagnostics,
                       g)
 
 
-def _occasional_gram(vjp_fn, num, num_aux, dtype, step, options):
+def _occasional_gram(gram_of, num, num_aux, dtype, step, options):
   """G of all T tasks' shared-parameter gradients on every ``diagnostics_every``-th step
-  (NaN on the others), from T pullbacks; None when the option is off."""
+  (NaN on the others) from ``gram_of`` (cotangent rows -> G); None when the option is off."""
   every = options.diagnostics_every
   if not every:
     return None
-
-  def measure():
-    cotangents = jnp.eye(num, num + num_aux, dtype=dtype)
-    jac = rows(lambda c: (vjp_fn(c)[0]['shared'],), cotangents, chunk_size=options.chunk_size)
-    return gram(jac, num)
-
+  measure = lambda: gram_of(jnp.eye(num, num + num_aux, dtype=dtype))
   return jax.lax.cond(jnp.asarray(step) % every == 0, measure, lambda: unmeasured(num))
 
 
