@@ -248,3 +248,22 @@ def test_every_gram_method_trains_the_same_50_steps_in_gram_and_param_mode():
     assert max(moved) > 1e-2, name
     for a, b in zip(jax.tree.leaves(gram), jax.tree.leaves(param)):
       np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4, err_msg=name)
+
+
+def test_auto_takes_the_gramian_mode_only_where_its_rules_pay_off():
+  """Dense layers on a batch smaller than their inputs: K = x x^T is cheaper than the
+  per-task gradients; a convolution over many positions: it is not (``pays_off`` then sends
+  mode 'auto' to the Jacobian)."""
+  x = jnp.ones((4, 50))
+  dense = gramian.gram_vjp(lambda w: jnp.stack([jnp.sum(x @ w), jnp.sum(jnp.sin(x @ w))]),
+                           jnp.ones((50, 40)))
+  assert not dense.taps                            # w used twice: its explicit gradient
+  dense = gramian.gram_vjp(lambda w: (lambda y: jnp.stack([jnp.sum(y), jnp.sum(jnp.sin(y))]))(
+      x @ w), jnp.ones((50, 40)))
+  assert len(dense.taps) == 1 and gramian.pays_off(dense.taps, 8)
+  img = jnp.ones((4, 16, 16, 3))
+  conv = lambda w: lax.conv_general_dilated(img, w, (1, 1), 'SAME',
+                                            dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  two = lambda y: jnp.stack([jnp.sum(y), jnp.sum(y ** 2)])
+  convolution = gramian.gram_vjp(lambda w: two(conv(w)), jnp.ones((3, 3, 3, 8)))
+  assert len(convolution.taps) == 1 and not gramian.pays_off(convolution.taps, 8)

@@ -18,9 +18,12 @@ per-task cotangents of its output, G_W[s, t] = <Delta_s, (x x^T) Delta_t> for a 
 other parameter), never forming J; then d = J^T alpha by one more VJP.  For methods that read
 only G.
 
-``mode='auto'`` (the default) picks the exact mode for the method: GRAM methods get 'gram'
-('param' with ``chunk_size``), JACOBIAN methods 'param'; loss-only methods need no mode but
-for ``diagnostics_every`` (then 'gram' measures G).
+``mode='auto'`` (the default) picks the exact mode for the method and model: GRAM methods get
+the Gramian mode where its layer rules save more work than the backward pass it adds for d
+(``gramian.pays_off``, decided at trace time from the shapes: dense layers of a batch smaller
+than their inputs, embeddings), else 'param' (convolution-heavy models; and with
+``chunk_size``); JACOBIAN methods get 'param'; loss-only methods need no mode but for
+``diagnostics_every``, whose G the Gramian mode measures.
 
 ``mode='rep'``: the rows are the per-task gradients dL_t/dz of the shared representation; the
 combined cotangent sum_t alpha_t dL_t/dz is pushed through the trunk exactly, in one VJP
@@ -58,7 +61,7 @@ from mtl_jax._src.weighting.apply import after_step  # noqa: F401  (the train st
 from mtl_jax._src.weighting.apply import run_method as _run
 from mtl_jax._src.weighting.base import Needs, Weighting
 from mtl_jax._src.weighting.diagnostics import scatter_gram, unmeasured
-from mtl_jax._src.weighting.gramian import gram_vjp
+from mtl_jax._src.weighting.gramian import gram_vjp, pays_off
 from mtl_jax._src.weighting.jacobian import gram, rows, weighted_sum
 
 PyTree = Any
@@ -173,8 +176,9 @@ def check(method: Weighting, num_tasks: int, options: Options, splits: bool) -> 
 
 def resolve_mode(method: Weighting, options: Options) -> str:
   """The mode ``options.mode`` means for ``method``: 'auto' becomes 'gram' for GRAM methods
-  (exact, and the cheapest; 'param' with ``chunk_size``) and for loss-only ones (where it
-  only decides how ``diagnostics_every`` measures G), 'param' for JACOBIAN methods."""
+  (the engine then still takes the Jacobian where the layer rules do not pay off:
+  ``gramian.pays_off``; always with ``chunk_size``: 'param') and for loss-only ones (where
+  it only decides how ``diagnostics_every`` measures G), 'param' for JACOBIAN methods."""
   if options.mode != 'auto':
     return options.mode
   gram_only = method.needs is not Needs.JACOBIAN and options.chunk_size is None
@@ -233,7 +237,8 @@ def task_gradients(method: Weighting, params, state, key, step, fns: LossFns,
     subset: optional [k] sorted task indices to train this step, instead of the draw of
       ``options.task_sampling`` (the method must be stateless, as for task sampling).
   """
-  options = options._replace(mode=resolve_mode(method, options))
+  if resolve_mode(method, options) != 'gram':     # 'auto' stays: Gramian where it pays
+    options = options._replace(mode=resolve_mode(method, options))
   args = (method, params, state, key, step, fns, options, subset)
   if method.needs is Needs.LOSSES:
     return _loss_only(*args)
@@ -241,14 +246,12 @@ def task_gradients(method: Weighting, params, state, key, step, fns: LossFns,
     return _through_representation(*args)
   if options.mode == 'rep':
     raise OptionError('mode', "'rep' needs loss functions with a trunk and heads")
-  if options.mode == 'gram':
-    return _whole_network_gram(*args)
   return _whole_network(*args)
 
 
 def _loss_only(method, params, state, key, step, fns, options, subset):
   """One VJP with cotangent (alpha, 1_K) (and one with (1, 1_K) for unweighted heads)."""
-  if options.diagnostics_every and options.mode == 'gram':
+  if options.diagnostics_every and options.mode in ('gram', 'auto'):
     split = lambda shared, task: _flat_losses(fns.full)({'shared': shared, 'task': task})
     r = gram_vjp(split, params['shared'], params['task'], has_aux=True)
     all_losses, (aux_losses, model_state) = r.out, r.aux
@@ -285,11 +288,30 @@ def _occasional_gram(gram_of, num, num_aux, dtype, step, options):
   return jax.lax.cond(jnp.asarray(step) % every == 0, measure, lambda: unmeasured(num))
 
 
+def _pullback(fn, shared, *others, options: Options):
+  """``(out, vjp, aux, r)`` of ``fn(shared, *others)`` (which returns (out, aux)); ``r`` is
+  the ``gram_vjp`` result in modes 'gram' and 'auto', else None."""
+  if options.mode not in ('gram', 'auto'):
+    out, vjp_fn, aux = jax.vjp(fn, shared, *others, has_aux=True)
+    return out, vjp_fn, aux, None
+  r = gram_vjp(fn, shared, *others, has_aux=True)
+  return r.out, r.vjp, r.aux, r
+
+
+def _gram_of(r, options: Options, num_rows: int):
+  """``r.gram`` where the Gramian mode applies: mode 'gram', or 'auto' where the layer rules
+  save more than the extra backward pass for d costs (``pays_off``); else None (Jacobian)."""
+  if r is None or not (options.mode == 'gram' or pays_off(r.taps, num_rows)):
+    return None
+  return r.gram
+
+
 def _whole_network(method, params, state, key, step, fns, options, subset):
-  """Rows of J from vmapped pullbacks through the whole network."""
+  """Rows of J from vmapped pullbacks through the whole network, or G from the layer rules
+  (Gramian mode) and then d and the heads from one VJP with cotangent (alpha, 1_K)."""
   split = lambda shared, task: _flat_losses(fns.full)({'shared': shared, 'task': task})
-  all_losses, vjp_fn, (aux_losses, model_state) = jax.vjp(
-      split, params['shared'], params['task'], has_aux=True)
+  all_losses, vjp_fn, (aux_losses, model_state), r = _pullback(
+      split, params['shared'], params['task'], options=options)
   num_aux = len(aux_losses)
   num = all_losses.shape[0] - num_aux
   losses = all_losses[:num]
@@ -298,45 +320,29 @@ def _whole_network(method, params, state, key, step, fns, options, subset):
   cotangents = jnp.eye(num, num + num_aux, dtype=losses.dtype)
   cotangents = cotangents if subset is None else cotangents[subset]
   used = cotangents.shape[0]
-  if num_aux:
-    aux_row = _with_aux(jnp.zeros_like(losses), aux_losses)[None]
-    cotangents = jnp.concatenate([cotangents, aux_row])
-  jac = rows(vjp_fn, cotangents, chunk_size=options.chunk_size, argnum=0)
-  aux_grad = jax.tree.map(lambda leaf: leaf[used], jac) if num_aux else None
-  jac = jax.tree.map(lambda leaf: leaf[:used], jac) if num_aux else jac
   picked = losses if subset is None else losses[subset]
-  weights, new_state, diagnostics, g = _run(method, picked, step, jac, state, key, used)
-  shared = weighted_sum(jac, weights.astype(losses.dtype))
-  if aux_grad is not None:
-    shared = jax.tree.map(jnp.add, shared, aux_grad)
-  weights = _scatter(weights, subset, num)
-  head_cotangent = (weights.astype(losses.dtype)
-                    if (options.head_grads or method.head_grads) == 'weighted'
-                    else _active(subset, num, losses.dtype))
-  task = vjp_fn(_with_aux(head_cotangent, aux_losses))[1]
-  return EngineOutput(losses, aux_losses, {'shared': shared, 'task': task}, weights,
-                      new_state, model_state, diagnostics, scatter_gram(g, subset, num))
-
-
-def _whole_network_gram(method, params, state, key, step, fns, options, subset):
-  """G from the layer rules (``gram_vjp``), then d and the heads from VJPs with cotangent
-  (alpha, 1_K): the auxiliary losses' gradient rides on the same pass."""
-  split = lambda shared, task: _flat_losses(fns.full)({'shared': shared, 'task': task})
-  r = gram_vjp(split, params['shared'], params['task'], has_aux=True)
-  aux_losses, model_state = r.aux
-  num = r.out.shape[0] - len(aux_losses)
-  losses = r.out[:num]
-  subset = _sample(key, num, options.task_sampling) if subset is None else subset
-  cotangents = jnp.eye(num, num + len(aux_losses), dtype=losses.dtype)
-  cotangents = cotangents if subset is None else cotangents[subset]
-  used = cotangents.shape[0]
-  picked = losses if subset is None else losses[subset]
-  weights, new_state, diagnostics, g = _run(method, picked, step, None, state, key, used,
-                                            r.gram(cotangents))
-  weights = _scatter(weights, subset, num)
-  shared, task = r.vjp(_with_aux(weights.astype(losses.dtype), aux_losses))
-  if (options.head_grads or method.head_grads) != 'weighted':
-    task = r.vjp(_with_aux(_active(subset, num, losses.dtype), aux_losses))[1]
+  weighted = (options.head_grads or method.head_grads) == 'weighted'
+  gram_of = _gram_of(r, options, used)
+  if gram_of is not None:
+    weights, new_state, diagnostics, g = _run(method, picked, step, None, state, key, used,
+                                              gram_of(cotangents))
+    weights = _scatter(weights, subset, num)
+    shared, task = vjp_fn(_with_aux(weights.astype(losses.dtype), aux_losses))
+  else:
+    if num_aux:
+      aux_row = _with_aux(jnp.zeros_like(losses), aux_losses)[None]
+      cotangents = jnp.concatenate([cotangents, aux_row])
+    jac = rows(vjp_fn, cotangents, chunk_size=options.chunk_size, argnum=0)
+    aux_grad = jax.tree.map(lambda leaf: leaf[used], jac) if num_aux else None
+    jac = jax.tree.map(lambda leaf: leaf[:used], jac) if num_aux else jac
+    weights, new_state, diagnostics, g = _run(method, picked, step, jac, state, key, used)
+    shared = weighted_sum(jac, weights.astype(losses.dtype))
+    if aux_grad is not None:
+      shared = jax.tree.map(jnp.add, shared, aux_grad)
+    weights = _scatter(weights, subset, num)
+    task = vjp_fn(_with_aux(weights.astype(losses.dtype), aux_losses))[1] if weighted else None
+  if not weighted:
+    task = vjp_fn(_with_aux(_active(subset, num, losses.dtype), aux_losses))[1]
   return EngineOutput(losses, aux_losses, {'shared': shared, 'task': task}, weights,
                       new_state, model_state, diagnostics, scatter_gram(g, subset, num))
 
@@ -344,11 +350,7 @@ def _whole_network_gram(method, params, state, key, step, fns, options, subset):
 def _through_representation(method, params, state, key, step, fns, options, subset):
   """dL_t/dz for every t in one head backward pass, then the trunk (T times, or once in
   mode 'rep'; in mode 'gram' T cotangent passes for G and one VJP for d)."""
-  if options.mode == 'gram':
-    r = gram_vjp(fns.trunk, params['shared'], has_aux=True)
-    z, trunk_vjp, trunk_state, trunk_gram = r.out, r.vjp, r.aux, r.gram
-  else:
-    z, trunk_vjp, trunk_state = jax.vjp(fns.trunk, params['shared'], has_aux=True)
+  z, trunk_vjp, trunk_state, r = _pullback(fns.trunk, params['shared'], options=options)
   pull = lambda cotangent: trunk_vjp(cotangent)[0]
   num = fns.num_tasks
   copies = jax.tree.map(lambda a: jnp.broadcast_to(a, (num,) + a.shape), z)
@@ -360,19 +362,20 @@ def _through_representation(method, params, state, key, step, fns, options, subs
     rep_jac = jax.tree.map(lambda leaf: leaf[subset], rep_jac)
   used = num if subset is None else subset.shape[0]
   picked = losses if subset is None else losses[subset]
-  if options.mode == 'gram':
+  gram_of = _gram_of(r, options, used)
+  if gram_of is not None:
     weights, new_state, diagnostics, g = _run(method, picked, step, None, state, key, used,
-                                              trunk_gram(rep_jac))
+                                              gram_of(rep_jac))
     shared = pull(weighted_sum(rep_jac, weights.astype(losses.dtype)))
   else:
     jac = rep_jac
-    if options.mode == 'param':
+    if options.mode != 'rep':
       chunk = options.chunk_size
       jac = (jax.vmap(pull)(rep_jac) if chunk is None or chunk >= used
              else jax.lax.map(pull, rep_jac, batch_size=chunk))
     weights, new_state, diagnostics, g = _run(method, picked, step, jac, state, key, used)
     combined = weighted_sum(jac, weights.astype(losses.dtype))
-    shared = combined if options.mode == 'param' else pull(combined)
+    shared = combined if options.mode != 'rep' else pull(combined)
   weights = _scatter(weights, subset, num)
   task = (head_vjp(weights.astype(losses.dtype))[1]
           if (options.head_grads or method.head_grads) == 'weighted' else unweighted_task)

@@ -246,13 +246,61 @@ def _explicit_gram(rows_list, num, dtype):
 def tap_gram(tap: Tap, operands, deltas, policy: str = 'cheapest') -> jax.Array:
   """G [k, k] of the tapped parameter's per-row gradients, from the equation's operands and
   the k output cotangents ``deltas`` [k, *out]: by its layer rule, or explicitly."""
-  rule = {'dot_general': _dot_identity, 'conv_general_dilated': _conv_identity,
-          'gather': _gather_identity}[tap.eqn.primitive.name]
-  found = rule(tap, operands, deltas)   # (identity cost, explicit cost, thunk), or None
-  if found is not None and (policy == 'identity'
-                            or (policy == 'cheapest' and found[0] < found[1])):
-    return found[2]()
+  identity, explicit = tap_costs(tap, deltas.shape[0])
+  if identity is not None and (policy == 'identity'
+                               or (policy == 'cheapest' and identity < explicit)):
+    rule = {'dot_general': _dot_identity, 'conv_general_dilated': _conv_identity,
+            'gather': _gather_identity}[tap.eqn.primitive.name]
+    return rule(tap, operands, deltas)
   return _explicit_tap(tap, operands, deltas)
+
+
+def tap_costs(tap: Tap, k: int):
+  """Multiply-adds of the layer's rule (None where none applies) and of its k explicit
+  per-task gradients with their Gram matrix, from the shapes alone."""
+  name = tap.eqn.primitive.name
+  if name == 'gather':
+    sizes = _gather_sizes(tap)
+    if sizes is None:
+      return None, float(k) * forward_cost(tap) + float(k) * k * _size(tap.eqn.invars[0])
+    n, r, rows = sizes
+    return float(k) * n * n * r + float(k) * k * n * r, float(k) * n * r + float(k) * k * rows * r
+  sizes = _dot_sizes(tap) if name == 'dot_general' else _conv_sizes(tap)
+  if sizes is None:
+    return None, float(k) * forward_cost(tap) + float(k) * k * _size(tap.eqn.invars[tap.operand])
+  nb, n, c, r = sizes
+  identity = float(nb) * n * n * c + float(k) * nb * n * n * r + float(k) * k * nb * n * r
+  explicit = float(k) * nb * n * c * r + float(k) * k * nb * c * r
+  return identity, explicit
+
+
+def pays_off(taps: dict, k: int) -> bool:
+  """Whether the rules' saving over k explicit per-task gradients exceeds the backward pass
+  the Gramian mode adds for d = J^T alpha (about twice the tapped layers' forward cost; the
+  Jacobian path contracts the J in hand instead)."""
+  saved = 0.0
+  for tap in taps.values():
+    identity, explicit = tap_costs(tap, k)
+    if identity is not None and identity < explicit:
+      saved += explicit - identity
+  return saved > 2.0 * sum(forward_cost(t) for t in taps.values())
+
+
+def forward_cost(tap: Tap) -> float:
+  """Multiply-adds of the tapped layer's forward pass (its weight gradient costs as much)."""
+  if tap.eqn.primitive.name == 'gather':
+    return float(_size(tap.eqn.outvars[0]))
+  # Every output entry sums over the parameter operand's contracted part.
+  out, w = _size(tap.eqn.outvars[0]), tap.eqn.invars[tap.operand].aval.shape
+  if tap.eqn.primitive.name == 'dot_general':
+    contract = tap.eqn.params['dimension_numbers'][0][tap.operand]
+    return float(out) * float(np.prod([w[d] for d in contract]))
+  spec = tap.eqn.params['dimension_numbers'].rhs_spec
+  return float(out) * float(np.prod(w)) / w[spec[0]]
+
+
+def _size(var) -> int:
+  return int(np.prod(var.aval.shape))
 
 
 def _explicit_tap(tap, operands, deltas):
@@ -277,43 +325,56 @@ def _kernel_gram(x, deltas):
   return jnp.einsum('sbnr,tbnr->st', deltas, kd)
 
 
-def _costs(nb, n, c, r, k):
-  """Multiply-adds of the identity (K, K Delta, inner products) and of the explicit way (k
-  gradients x_b^T Delta_b, their Gram matrix) for x [nb, n, c] and Delta [k, nb, n, r]."""
-  identity = float(nb) * n * n * c + float(k) * nb * n * n * r + float(k) * k * nb * n * r
-  explicit = float(k) * nb * n * c * r + float(k) * k * nb * c * r
-  return identity, explicit
+def _dot_layout(tap):
+  """x's batch, free and contracting dimensions and W's free ones, for y = dot(x, W)."""
+  (contract, batch) = tap.eqn.params['dimension_numbers']
+  p, q = tap.operand, 1 - tap.operand
+  x_ndim = len(tap.eqn.invars[q].aval.shape)
+  w_ndim = len(tap.eqn.invars[p].aval.shape)
+  x_free = [d for d in range(x_ndim) if d not in contract[q] + batch[q]]
+  w_free = [d for d in range(w_ndim) if d not in contract[p] + batch[p]]
+  return list(batch[q]), x_free, list(contract[q]), w_free
+
+
+def _dot_sizes(tap):
+  """(nb, n, c, r): dot batch, x's free (sample) and contracting sizes, W's free size."""
+  x_b, x_free, x_c, w_free = _dot_layout(tap)
+  x = tap.eqn.invars[1 - tap.operand].aval.shape
+  w = tap.eqn.invars[tap.operand].aval.shape
+  size = lambda shape, dims: int(np.prod([shape[d] for d in dims]))
+  return size(x, x_b), size(x, x_free), size(x, x_c), size(w, w_free)
 
 
 def _dot_identity(tap, operands, deltas):
   """The dense rule: y = dot_general(x, W) (either side), per dot batch index."""
-  (contract, batch) = tap.eqn.params['dimension_numbers']
-  p, q = tap.operand, 1 - tap.operand
-  x = operands[q]
-  x_c, x_b = contract[q], batch[q]
-  w_free = [d for d in range(operands[p].ndim) if d not in contract[p] + batch[p]]
-  x_free = [d for d in range(x.ndim) if d not in x_c + x_b]
-  nb = int(np.prod([x.shape[d] for d in x_b]))
-  n = int(np.prod([x.shape[d] for d in x_free]))
-  c = int(np.prod([x.shape[d] for d in x_c]))
-  r = int(np.prod([operands[p].shape[d] for d in w_free]))
-  xs = jnp.transpose(x, tuple(x_b) + tuple(x_free) + tuple(x_c)).reshape(nb, n, c)
-  # The output is (batch dims, lhs free dims, rhs free dims).
-  k = deltas.shape[0]
+  x_b, x_free, x_c, w_free = _dot_layout(tap)
+  nb, n, c, r = _dot_sizes(tap)
+  xs = jnp.transpose(operands[1 - tap.operand], x_b + x_free + x_c).reshape(nb, n, c)
+  # The output is (batch dims, lhs free dims, rhs free dims); make it (batch, x free, W free).
   nbd, nx, nw = len(x_b), len(x_free), len(w_free)
-  order = (list(range(nbd)) + list(range(nbd, nbd + nx)) + list(range(nbd + nx, nbd + nx + nw))
-           if q == 0 else
+  order = (list(range(nbd + nx + nw)) if tap.operand == 1 else
            list(range(nbd)) + list(range(nbd + nw, nbd + nw + nx)) + list(range(nbd, nbd + nw)))
+  k = deltas.shape[0]
   ds = jnp.transpose(deltas, [0] + [i + 1 for i in order]).reshape(k, nb, n, r)
-  return (*_costs(nb, n, c, r, k), lambda: _kernel_gram(xs, ds))
+  return _kernel_gram(xs, ds)
+
+
+def _conv_sizes(tap):
+  """(1, n, c, r) for a convolution: n = batch x output positions, c = C_in x window,
+  r = C_out; None with feature or batch groups, or the kernel not the rhs."""
+  params = tap.eqn.params
+  if (tap.operand != 1 or params['feature_group_count'] != 1
+      or params['batch_group_count'] != 1):
+    return None
+  out = tap.eqn.outvars[0].aval.shape
+  kernel = tap.eqn.invars[1].aval.shape
+  c_out = out[params['dimension_numbers'].out_spec[1]]
+  return 1, int(np.prod(out)) // c_out, int(np.prod(kernel)) // c_out, c_out
 
 
 def _conv_identity(tap, operands, deltas):
   """The convolution rule over patches: K = P P^T, P [batch x positions, C_in x window]."""
   params = tap.eqn.params
-  if (tap.operand != 1 or params['feature_group_count'] != 1
-      or params['batch_group_count'] != 1):
-    return None
   lhs, rhs = operands
   spec = params['dimension_numbers']
   window = [rhs.shape[d] for d in spec.rhs_spec[2:]]
@@ -326,38 +387,38 @@ def _conv_identity(tap, operands, deltas):
   to_nsc = (out_spec[0],) + tuple(out_spec[2:]) + (out_spec[1],)
   p = jnp.transpose(patches, to_nsc)
   n = int(np.prod(p.shape[:-1]))
-  xs = p.reshape(1, n, p.shape[-1])
   k = deltas.shape[0]
   ds = jnp.transpose(deltas, (0,) + tuple(d + 1 for d in to_nsc)).reshape(k, 1, n, -1)
-  return (*_costs(1, n, p.shape[-1], ds.shape[-1], k), lambda: _kernel_gram(xs, ds))
+  return _kernel_gram(p.reshape(1, n, p.shape[-1]), ds)
+
+
+def _gather_sizes(tap):
+  """(n ids, r entries per row, rows) for a lookup of whole table rows, else None."""
+  table = tap.eqn.invars[0].aval.shape
+  indices = tap.eqn.invars[1].aval.shape
+  dims, params = tap.eqn.params['dimension_numbers'], tap.eqn.params
+  rows_only = (tuple(dims.collapsed_slice_dims) == (0,) and tuple(dims.start_index_map) == (0,)
+               and not getattr(dims, 'operand_batching_dims', ())
+               and tuple(params['slice_sizes']) == (1,) + tuple(table[1:])
+               and tuple(dims.offset_dims) == tuple(range(len(indices) - 1,
+                                                          len(indices) - 2 + len(table)))
+               and indices[-1] == 1)
+  if not rows_only:
+    return None
+  return int(np.prod(indices[:-1])), int(np.prod(table[1:])), table[0]
 
 
 def _gather_identity(tap, operands, deltas):
   """The embedding rule: rows of a table [V, ...] looked up by ids (``jnp.take(axis=0)``):
   G[s, t] = sum_{i, j: id_i = id_j} <Delta_s,i, Delta_t,j>."""
   table, indices = operands
-  dims, params = tap.eqn.params['dimension_numbers'], tap.eqn.params
-  rows_only = (tuple(dims.collapsed_slice_dims) == (0,) and tuple(dims.start_index_map) == (0,)
-               and not getattr(dims, 'operand_batching_dims', ())
-               and tuple(params['slice_sizes']) == (1,) + table.shape[1:]
-               and tuple(dims.offset_dims) == tuple(range(indices.ndim - 1,
-                                                          indices.ndim - 1 + table.ndim - 1)))
-  if not rows_only or indices.shape[-1] != 1:
-    return None
   ids = indices.reshape(-1)
-  if 'CLIP' in str(params['mode']) or 'PROMISE' in str(params['mode']):
+  mode = str(tap.eqn.params['mode'])
+  if 'CLIP' in mode or 'PROMISE' in mode:
     ids = jnp.clip(ids, 0, table.shape[0] - 1)
   valid = (ids >= 0) & (ids < table.shape[0])
-  k, n = deltas.shape[0], ids.shape[0]
-  ds = deltas.reshape(k, 1, n, -1)
-
-  def run():
-    dtype = _wide(deltas.dtype)
-    same = (ids[:, None] == ids[None, :]) & valid[:, None] & valid[None, :]
-    kd = jnp.einsum('nm,tbmr->tbnr', same.astype(dtype), ds.astype(dtype))
-    return jnp.einsum('sbnr,tbnr->st', ds.astype(dtype), kd)
-
-  r = ds.shape[-1]
-  identity = float(k) * n * n * r + float(k) * k * n * r
-  explicit = float(k) * n * r + float(k) * k * table.shape[0] * r
-  return identity, explicit, run
+  dtype = _wide(deltas.dtype)
+  ds = deltas.reshape(deltas.shape[0], ids.shape[0], -1).astype(dtype)
+  same = (ids[:, None] == ids[None, :]) & valid[:, None] & valid[None, :]
+  kd = jnp.einsum('nm,tmr->tnr', same.astype(dtype), ds)
+  return jnp.einsum('snr,tnr->st', ds, kd)
