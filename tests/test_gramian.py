@@ -22,7 +22,7 @@ RTOL = 2e-5
 
 def _reference_gram(fn, shared):
   """J J^T in float64 from ``jax.jacrev`` of ``fn: shared -> [k]``."""
-  jac = jax.jacrev(fn)(shared)
+  jac = jax.jit(jax.jacrev(fn))(shared)
   rows = np.concatenate([np.asarray(leaf, np.float64).reshape(leaf.shape[0], -1)
                          for leaf in jax.tree.leaves(jac)], axis=1)
   return rows @ rows.T
@@ -49,8 +49,8 @@ def _batch(num=6, shape=(8,), seed=0, masked=False):
 
 
 def _engine_case(model, batch, method='mgda', subset=None):
-  """Under one jit: the engine's output in mode 'gram' and in mode 'param', and the
-  reference J J^T (float64) of the trained tasks from ``jax.jacrev``."""
+  """Under one jit: the engine's output in mode 'gram' and the Jacobian of the trained tasks'
+  losses from ``jax.jacrev`` (rows [k, P], float64)."""
   variables = jax.jit(model.init, static_argnames='train')(
       {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)}, batch['inputs'])
   params = variables['params']
@@ -58,29 +58,40 @@ def _engine_case(model, batch, method='mgda', subset=None):
   state = {k: v for k, v in variables.items() if k != 'params'}
   fns = Objective(model, TASKS).bind(params, state, batch, jax.random.PRNGKey(2))
   m = weighting.get(method)
-  run = lambda p, mode: engine.task_gradients(m, p, m.init(len(TASKS)), None, 0, fns,
-                                              engine.Options(mode=mode), subset)
 
   def both(p):
+    out = engine.task_gradients(m, p, m.init(len(TASKS)), None, 0, fns,
+                                engine.Options(mode='gram'), subset)
     rows = lambda s: fns.full({'shared': s, 'task': p['task']})[0]
     pick = (lambda s: rows(s)[subset]) if subset is not None else rows
-    jac = jax.jacrev(pick)(p['shared']) if jax.tree.leaves(p['shared']) else {}
-    return run(p, 'gram'), run(p, 'param'), jac
+    return out, (jax.jacrev(pick)(p['shared']) if jax.tree.leaves(p['shared']) else {})
 
-  gram_out, param_out, jac = jax.jit(both)(params)
+  out, jac = jax.jit(both)(params)
   leaves = jax.tree.leaves(jac)
   rows = (np.concatenate([np.asarray(l, np.float64).reshape(l.shape[0], -1) for l in leaves], 1)
-          if leaves else np.zeros((len(TASKS), 0)))
-  return gram_out, param_out, rows @ rows.T
+          if leaves else np.zeros((len(TASKS) if subset is None else len(subset), 0)))
+  return out, rows
 
 
-def _assert_same_grads(out, ref, what):
-  for a, b in zip(jax.tree.leaves(out.grads), jax.tree.leaves(ref.grads)):
-    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6, err_msg=what)
+def _check(out, rows, what, subset=None):
+  """G = J J^T, and the shared gradient d = J^T alpha (alpha: the engine's weights)."""
+  expected = rows @ rows.T
+  if not rows.size:                    # no shared parameters ('independent'): G = 0
+    assert np.all(np.asarray(out.gram) == 0), what
+    return
+  _assert_gram(_gram_of(out, subset), expected, what)
+  if out.aux_losses:                   # d also holds the auxiliary losses' gradient
+    return
+  alpha = np.asarray(out.weights, np.float64)
+  alpha = alpha if subset is None else alpha[np.asarray(subset)]
+  d = np.concatenate([np.asarray(l, np.float64).ravel()
+                      for l in jax.tree.leaves(out.grads['shared'])])
+  reference = alpha @ rows
+  assert np.abs(d - reference).max() <= RTOL * 10 * np.abs(reference).max(), what
 
 
 def _gram_of(out, subset):
-  g = np.asarray(out.gram)
+  g = np.asarray(out.gram, np.float64)
   return g if subset is None else g[np.ix_(subset, subset)]
 
 
@@ -99,23 +110,16 @@ def test_gram_mode_equals_jacrev_for_every_backbone(name):
   kwargs, shape = BACKBONES[name]
   backbone = models.get_backbone('cnn' if name.startswith('cnn') else name, **kwargs)
   model = models.get('shared_bottom', TASKS, backbone, tower_hidden=(4,), dropout=0.2)
-  out, ref, expected = _engine_case(model, _batch(4, shape))
-  _assert_gram(out.gram, expected, name)
-  _assert_same_grads(out, ref, name)
+  _check(*_engine_case(model, _batch(4, shape)), name)
 
 
 ZOO = [n for n in models.names() if n != 'adversarial']
 
 
 @pytest.mark.parametrize('name', ZOO)
-def test_gram_mode_equals_jacrev_and_param_mode_for_every_architecture(name):
+def test_gram_mode_equals_jacrev_for_every_architecture(name):
   model = models.get(name, TASKS, models.get_backbone('mlp', hidden=(6, 5)), tower_hidden=(4,))
-  out, ref, expected = _engine_case(model, _batch(masked=True), method='upgrad')
-  _assert_same_grads(out, ref, name)
-  if not np.abs(expected).max():       # no shared parameters ('independent'): G = 0
-    assert np.all(np.asarray(out.gram) == 0), name
-    return
-  _assert_gram(out.gram, expected, name)
+  _check(*_engine_case(model, _batch(masked=True), method='upgrad'), name)
 
 
 def test_gram_mode_with_task_sampling_and_auxiliary_losses():
@@ -123,11 +127,11 @@ def test_gram_mode_with_task_sampling_and_auxiliary_losses():
                      tower_hidden=(4,), per_task_inputs=True)
   batch = _batch(shape=(3, 8))
   subset = jnp.array([0, 2])
-  out, ref, expected = _engine_case(model, batch, subset=subset)
-  _assert_gram(_gram_of(out, [0, 2]), expected, 'adversarial, tasks 0 and 2')
+  out, rows = _engine_case(model, batch, subset=subset)
   assert np.all(np.isnan(np.asarray(out.gram)[1])) and out.weights[1] == 0
   assert float(out.aux_losses['adversarial']) != 0
-  _assert_same_grads(out, ref, 'adversarial')
+  # The shared gradient is alpha^T J plus the auxiliary losses' gradient: check G only.
+  _assert_gram(_gram_of(out, [0, 2]), rows @ rows.T, 'adversarial, tasks 0 and 2')
 
 
 # ------------------------------------------------------------------ the layer rules directly
@@ -175,17 +179,19 @@ def test_every_rule_and_fallback_equals_jacrev(policy):
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 5))
   ids = jnp.array([[1, 2], [2, 9], [1, 1], [-8, 6]])     # 9 and -8 are out of range
   fn = lambda q: _layers(q, x, ids)
-  r = gramian.gram_vjp(fn, p, policy=policy)
+  r = gramian.gram_vjp(fn, p, policy=policy)     # traced eagerly: the taps, then jitted
   tapped = {jax.tree_util.tree_leaves_with_path(p)[t.leaf][0][0].key: t.eqn.primitive.name
             for t in r.taps.values()}
   assert tapped == {'dense': 'dot_general', 'left': 'dot_general', 'experts': 'dot_general',
                     'conv2d': 'conv_general_dilated', 'conv1d': 'conv_general_dilated',
                     'grouped': 'conv_general_dilated', 'table': 'gather'}
-  _assert_gram(jax.jit(r.gram)(jnp.eye(3)), _reference_gram(fn, p), policy)
-  # The VJP is jax.vjp's.
   ct = jnp.array([0.3, -1.0, 2.0])
-  expected = jax.vjp(fn, p)[1](ct)[0]
-  for a, b in zip(jax.tree.leaves(r.vjp(ct)[0]), jax.tree.leaves(expected)):
+  g, grad = jax.jit(lambda q: (lambda s: (s.gram(jnp.eye(3)), s.vjp(ct)[0]))(
+      gramian.gram_vjp(fn, q, policy=policy)))(p)
+  _assert_gram(g, _reference_gram(fn, p), policy)
+  # The VJP is jax.vjp's.
+  expected = jax.jit(lambda q: jax.vjp(fn, q)[1](ct)[0])(p)
+  for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -195,12 +201,13 @@ def test_gram_of_arbitrary_cotangent_rows_and_float64():
   ids = jnp.array([[0, 1], [2, 3], [4, 5], [6, 0]])
   rows = jax.random.normal(jax.random.PRNGKey(4), (5, 3))     # 5 cotangent rows
   fn = lambda q: rows @ _layers(q, x, ids)
-  _assert_gram(gramian.gram_vjp(lambda q: _layers(q, x, ids), p).gram(rows),
-               _reference_gram(fn, p), 'rows')
+  g = jax.jit(lambda q: gramian.gram_vjp(lambda q: _layers(q, x, ids), q).gram(rows))(p)
+  _assert_gram(g, _reference_gram(fn, p), 'rows')
   with jax.enable_x64(True):
     p64 = jax.tree.map(lambda a: a.astype(jnp.float64), p)
     x64 = x.astype(jnp.float64)
-    g = gramian.gram_vjp(lambda q: _layers(q, x64, ids), p64).gram(jnp.eye(3))
+    g = jax.jit(lambda q: gramian.gram_vjp(lambda q: _layers(q, x64, ids), q).gram(
+        jnp.eye(3)))(p64)
     assert g.dtype == jnp.float64
     expected = _reference_gram(lambda q: _layers(q, x64, ids), p64)
     np.testing.assert_allclose(np.asarray(g), expected, rtol=1e-12,
