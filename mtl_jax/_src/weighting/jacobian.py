@@ -49,14 +49,17 @@ def rows(vjp_fn: Callable, losses: jax.Array, *, chunk_size: Optional[int] = Non
 
 
 def gram(jacobian, num: Optional[int] = None) -> jax.Array:
-  """G = J J^T = sum over leaves of J_l J_l^T, computed in float32: [T, T].
+  """G = J J^T = sum over leaves of J_l J_l^T: [T, T].
 
-  A Jacobian with no leaves (a model without shared parameters) needs ``num`` = T; G = 0."""
-  leaves = jax.tree_util.tree_leaves(jacobian)
+  G's dtype follows the Jacobian: float64 if a leaf is float64 (under ``jax_enable_x64``),
+  else float32 (bfloat16/float16 leaves are upcast and accumulated in float32). A Jacobian
+  with no leaves (a model without shared parameters) needs ``num`` = T; G = 0 (float32)."""
+  leaves = [jnp.asarray(leaf) for leaf in jax.tree_util.tree_leaves(jacobian)]
   if not leaves and num is not None:
     return jnp.zeros((num, num), jnp.float32)
   t = num_tasks(jacobian)
-  blocks = [leaf.reshape(t, -1).astype(jnp.float32) for leaf in leaves]
+  dtype = jnp.result_type(jnp.float32, *(leaf.dtype for leaf in leaves))
+  blocks = [leaf.reshape(t, -1).astype(dtype) for leaf in leaves]
   return sum(b @ b.T for b in blocks)
 
 

@@ -1,9 +1,11 @@
 """Jittable solvers for the small convex programs behind gradient weighting.
 
-Every solver takes a float32 Gram matrix G = J J^T [T, T] (symmetric PSD), is pure
-``jax.numpy`` with fixed iteration caps (``lax.while_loop``/``fori_loop``), so it can be
-jitted and vmapped over a batch of problems, and returns finite values for degenerate G
-(zero rows, colinear or opposite gradients, G = 0, rank(G) < T).
+Every solver takes a Gram matrix G = J J^T [T, T] (symmetric PSD) and computes in its dtype:
+float32, or float64 under ``jax_enable_x64`` (``weighting.gram`` of a float64 Jacobian), with
+rounding-level tolerances set per dtype. Each is pure ``jax.numpy`` with fixed iteration
+caps (``lax.while_loop``/``fori_loop``), so it can be jitted and vmapped over a batch of
+problems, and returns finite values for degenerate G (zero rows, colinear or opposite
+gradients, G = 0, rank(G) < T).
 
 * ``project_to_simplex(v)``:      argmin_{w in simplex} ||w - v||.
 * ``min_norm_simplex(G)``:        argmin_{w in simplex} w^T G w                  (MGDA).
@@ -13,13 +15,14 @@ jitted and vmapped over a batch of problems, and returns finite values for degen
 * ``cagrad_weights(G, c)``:       argmin_{w in simplex} w^T G 1/T + c ||g0|| sqrt(w^T G w).
 * ``nash_mtl_weights(G)``:        alpha > 0 with G alpha = 1 / alpha            (Nash-MTL).
 
-Quadratic programs run FISTA with adaptive restart to locate the active set, then a few
-primal-dual active-set Newton steps (a Jacobi-equilibrated Cholesky solve on the free set)
-make the answer exact to float32 precision; the best feasible iterate is returned, so the
-polish cannot make things worse. CAGrad's objective has a kink at g_w = 0, so it follows a
-barrier (interior-point) path instead, then the same polish; Nash-MTL is a damped Newton
-method. Weights are invariant to G -> sG (problems are normalised by tr G), except
-Nash-MTL's, which are covariant: alpha -> alpha / sqrt(s).
+Quadratic programs run FISTA with adaptive restart to locate the active set, then a primal
+active-set method (Lawson-Hanson on {x >= 0}, Wolfe's on the simplex: one Jacobi-equilibrated
+Cholesky solve on the free set per step) makes the answer exact to the rounding of G's dtype
+(float64: 1e-13 relative in the tests); its result is kept only if not worse than FISTA's.
+CAGrad's objective has a kink at g_w = 0, so it follows a barrier (interior-point) path
+instead, then active-set Newton steps; Nash-MTL is a damped Newton method. Weights are
+invariant to G -> sG (problems are normalised by tr G), except Nash-MTL's, which are
+covariant: alpha -> alpha / sqrt(s).
 """
 
 from typing import Callable, Optional
@@ -29,7 +32,12 @@ import jax.numpy as jnp
 from jax import lax
 
 _TINY = 1e-30          # traces below this count as G = 0
-_SMOOTHING = 1e-12     # CAGrad: ||g_w|| ~ sqrt(w^T G w + _SMOOTHING tr G)
+
+
+def _by_dtype(dtype, float32_value: float, float64_value: float) -> float:
+  """A tolerance set at the rounding level of G's dtype: ``float64_value`` for float64 (under
+  ``jax_enable_x64``), else ``float32_value``."""
+  return float64_value if jnp.dtype(dtype) == jnp.float64 else float32_value
 
 
 def project_to_simplex(v: jax.Array) -> jax.Array:
@@ -80,8 +88,7 @@ def _fista(grad: Callable, project: Callable, x0, lipschitz, max_iters: int, tol
   return lax.while_loop(cond, body, (0, x0, x0, one, jnp.zeros((), bool)))[1]
 
 
-def _active_set_newton(fun_hess: Callable, x0, lipschitz, simplex: bool, steps: int,
-                       ridge: float = 1e-6):
+def _active_set_newton(fun_hess: Callable, x0, lipschitz, simplex: bool, steps: int):
   """Active-set Newton steps from a feasible x0 on {x >= 0} (and sum x = 1 if ``simplex``).
 
   Free set F = {x - mu / L > 0} (mu = grad f - lambda: bound multipliers). The step zeroes
@@ -90,13 +97,16 @@ def _active_set_newton(fun_hess: Callable, x0, lipschitz, simplex: bool, steps: 
   dx = sum_i d_i (e_i - e_p), the pivot p being the largest free entry. Candidates: the
   projected full step and the step cut at the first bound (where the model is flat, as for
   CAGrad with rank(G) < T). Each step keeps the candidate with the smallest gradient mapping
-  L ||x - P(x - grad f(x) / L)||_inf among those not worse in f (up to float32 noise)."""
+  L ||x - P(x - grad f(x) / L)||_inf among those not worse in f (up to rounding: 1e-6
+  relative in float32, 1e-14 in float64). The ridge is 1e-6 (float32) or 1e-12 (float64)."""
   num = x0.shape[0]
   project = project_to_simplex if simplex else _nonneg
+  ridge = _by_dtype(x0.dtype, 1e-6, 1e-12)
+  rel_slack = _by_dtype(x0.dtype, 1e-6, 1e-14)
 
   def score(x):
     f, g, _ = fun_hess(x)
-    slack = 1e-6 * (jnp.abs(f) + jnp.abs(g) @ jnp.abs(x))
+    slack = rel_slack * (jnp.abs(f) + jnp.abs(g) @ jnp.abs(x))
     return jnp.max(jnp.abs(x - project(x - g / lipschitz))), f, slack
 
   def newton_step(x):
@@ -144,10 +154,97 @@ def _quadratic(q_mat, q_vec):
   return fun_hess
 
 
-def _solve_constrained(fun_hess, x0, lipschitz, simplex, max_iters, tol, newton_steps):
+def _free_set_solve(q_mat, q_vec, free, refinements: int = 2):
+  """s_F = -Q_FF^(-1) q_F, s_A = 0: Cholesky of the Jacobi-equilibrated Q_FF plus a ridge
+  of 4 T eps (so that it factors when Q_FF is singular to rounding), then ``refinements``
+  steps of iterative refinement against the unridged matrix, which remove the ridge's bias
+  (by a factor ridge / (lambda + ridge) each) in every direction it resolves."""
+  num = q_vec.shape[0]
+  ridge = 4 * num * jnp.finfo(q_vec.dtype).eps
+  fm = free.astype(q_vec.dtype)
+  diag = jnp.diag(q_mat)
+  sc = fm / jnp.sqrt(jnp.where(free & (diag > 0), diag, 1))
+  m = sc[:, None] * q_mat * sc[None, :]
+  chol = (jnp.linalg.cholesky(m + jnp.diag(jnp.where(free, ridge, 1))), True)
+  rhs = -sc * q_vec
+  y = jax.scipy.linalg.cho_solve(chol, rhs)
+  for _ in range(refinements):
+    y = y + jax.scipy.linalg.cho_solve(chol, rhs - m @ y)
+  return sc * y
+
+
+def _active_set_qp(q_mat, q_vec, x0, max_steps: int, simplex: bool = False):
+  """Primal active-set method for min 1/2 x^T Q x + q^T x (Q symmetric PSD) over {x >= 0}
+  (Lawson and Hanson (1974), "Solving Least Squares Problems", ch. 23, the NNLS algorithm, in
+  the form on Q = A^T A of Bro and de Jong (1997), J. Chemometrics 11(5)) or, if ``simplex``,
+  over {x >= 0, sum x = 1} (then Wolfe's (1976) min-norm-point method, Math. Programming 11),
+  from a feasible x0.
+
+  Free set F, first {x0 > 0}. Each step takes s = argmin over {x_A = 0} (and sum x = 1:
+  x = e_p + Z y with Z = [e_i - e_p] (i in F, i != p), the pivot p the largest free x_p,
+  so that Z^T Q Z is formed from differences of Q's entries) by ``_free_set_solve``. If s_F > 0:
+  x = s, and the coordinate with the largest KKT violation lambda - (Q x + q)_j (lambda =
+  x^T (Q x + q) on the simplex, else 0) beyond its rounding bound 2 T eps (|Q| |x| + |q|)_j
+  joins F (none: x is optimal, stop). Else x moves to x + t (s - x), the first point where a
+  free coordinate reaches 0, which leaves F. f decreases at every step and, in exact
+  arithmetic, the method ends at the exact minimiser after finitely many steps (F's reduced
+  Hessian stays definite); here after at most ``max_steps`` (each one T x T Cholesky). A
+  non-finite solve stops it."""
+  num = x0.shape[0]
+  noise_bound = 2 * num * jnp.finfo(x0.dtype).eps
+
+  def subproblem(x, free):
+    if not simplex:
+      return _free_set_solve(q_mat, q_vec, free)
+    pivot = jax.nn.one_hot(jnp.argmax(jnp.where(free, x, -jnp.inf)), num, dtype=x.dtype)
+    basis = jnp.eye(num, dtype=x.dtype) - jnp.outer(pivot, jnp.ones_like(x))   # Z
+    y = _free_set_solve(basis.T @ q_mat @ basis, basis.T @ (q_mat @ pivot + q_vec),
+                        free & (pivot == 0))
+    return pivot + basis @ y
+
+  def violation(x):                               # > 0: x_j should be free
+    grad = q_mat @ x + q_vec
+    lam = x @ grad if simplex else 0
+    return lam - grad - noise_bound * (jnp.abs(q_mat) @ jnp.abs(x) + jnp.abs(q_vec))
+
+  def cond(s):
+    return (s[0] < max_steps) & ~s[3]
+
+  def body(s):
+    k, x, free, _ = s
+    sol = subproblem(x, free)
+    inside = jnp.all(jnp.where(free, sol > 0, True))
+    viol = jnp.where(free, -jnp.inf, violation(sol))
+    add = viol[jnp.argmax(viol)] > 0
+    free_in = free | (add & (jnp.arange(num) == jnp.argmax(viol)))
+    den = x - sol                                 # blocked: the first free x_i to reach 0
+    ratio = jnp.where(free & (sol <= 0), jnp.where(den > 0, x / jnp.where(den > 0, den, 1), 0),
+                      jnp.inf)
+    block = jnp.argmin(ratio)
+    x_out = _nonneg(x + ratio[block] * (sol - x)).at[block].set(0)
+    if simplex:
+      x_out = x_out / jnp.sum(x_out)
+    ok = jnp.all(jnp.isfinite(sol)) & (inside | jnp.all(jnp.isfinite(x_out)))
+    x_new = jnp.where(ok, jnp.where(inside, sol, x_out), x)
+    free_new = jnp.where(inside, free_in, free & (x_out > 0))
+    return k + 1, x_new, free_new, ~ok | (inside & ~add)
+
+  return lax.while_loop(cond, body, (0, x0, x0 > 0, jnp.zeros((), bool)))[1]
+
+
+def _polished_qp(q_mat, q_vec, x0, max_iters, tol, max_steps, simplex=False):
+  """min 1/2 x^T Q x + q^T x over {x >= 0} (or the simplex): FISTA from x0 locates the active
+  set, ``_active_set_qp`` makes it exact; its result is kept if finite and not worse in f
+  than FISTA's (up to rounding: 4 T eps (|x|^T |Q| |x| + |q|^T |x|))."""
+  fun = _quadratic(q_mat, q_vec)
   project = project_to_simplex if simplex else _nonneg
-  x = _fista(lambda x: fun_hess(x)[1], project, x0, lipschitz, max_iters, tol)
-  return _active_set_newton(fun_hess, x, lipschitz, simplex, newton_steps)
+  x = _fista(lambda x: fun(x)[1], project, x0, _lipschitz(q_mat), max_iters, tol)
+  x_as = _active_set_qp(q_mat, q_vec, x, max_steps, simplex)
+  f, f_as = fun(x)[0], fun(x_as)[0]
+  slack = 4 * x0.shape[0] * jnp.finfo(x0.dtype).eps * (
+      jnp.abs(x) @ jnp.abs(q_mat) @ jnp.abs(x) + jnp.abs(q_vec) @ jnp.abs(x))
+  better = jnp.all(jnp.isfinite(x_as)) & (f_as <= f + slack)
+  return jnp.where(better, x_as, x)
 
 
 def _trace_scale(g: jax.Array):
@@ -157,14 +254,20 @@ def _trace_scale(g: jax.Array):
   return jnp.where(ok, tr, 1), ok
 
 
+def _steps(num: int, steps: Optional[int]) -> int:
+  return 2 * num + 4 if steps is None else steps
+
+
 def min_norm_simplex(g: jax.Array, *, max_iters: int = 500, tol: float = 1e-6,
-                     newton_steps: int = 4, two_task_closed_form: bool = True) -> jax.Array:
+                     active_set_steps: Optional[int] = None,
+                     two_task_closed_form: bool = True) -> jax.Array:
   """w* = argmin_{w in simplex} w^T G w: the min-norm point J^T w* of the convex hull.
 
   T = 2: w_1 = clip((G22 - G12) / (G11 + G22 - 2 G12), 0, 1) (1/2 if g_1 = g_2).
-  T > 2 (or ``two_task_closed_form=False``): on G / tr G from w = 1/T, FISTA (at most
-  ``max_iters``, until the gradient mapping is <= tol) then ``newton_steps`` active-set
-  Newton steps. G = 0 gives w = 1/T."""
+  T > 2 (or ``two_task_closed_form=False``): on G / tr G from w = 1/T, FISTA on the simplex
+  (at most ``max_iters``, until the gradient mapping is <= tol) locates the active set, then
+  the exact active-set method (Wolfe's; at most ``active_set_steps``, default 2 T + 4).
+  G = 0 gives w = 1/T."""
   num = g.shape[0]
   if num == 1:
     return jnp.ones((1,), g.dtype)
@@ -176,25 +279,25 @@ def min_norm_simplex(g: jax.Array, *, max_iters: int = 500, tol: float = 1e-6,
   scale, ok = _trace_scale(g)
   gn = g / scale
   uniform = jnp.full((num,), 1 / num, g.dtype)
-  w = _solve_constrained(_quadratic(gn, jnp.zeros_like(uniform)), uniform,
-                         _lipschitz(gn), True, max_iters, tol, newton_steps)
+  w = _polished_qp(gn, jnp.zeros_like(uniform), uniform, max_iters, tol,
+                   _steps(num, active_set_steps), simplex=True)
   return jnp.where(ok, w, uniform)
 
 
 def nonneg_qp(q_mat: jax.Array, q_vec: jax.Array, *, max_iters: int = 500,
-              tol: float = 1e-6, newton_steps: int = 4) -> jax.Array:
-  """x* = argmin_{x >= 0} 1/2 x^T Q x + q^T x for symmetric positive-definite Q.
+              tol: float = 1e-6, active_set_steps: Optional[int] = None) -> jax.Array:
+  """x* = argmin_{x >= 0} 1/2 x^T Q x + q^T x for symmetric positive-semidefinite Q (x* is
+  unique if Q is definite; else Q x* is).
 
-  FISTA (at most ``max_iters``, until the gradient mapping is <= tol) then
-  ``newton_steps`` active-set Newton steps, on (Q, q) / (tr Q / T), from
-  max(-q / diag Q, 0). Q = 0 gives x = 0."""
+  On (Q, q) / (tr Q / T), from max(-q / diag Q, 0): FISTA (at most ``max_iters``, until the
+  gradient mapping is <= tol) locates the active set, then the exact active-set method (at
+  most ``active_set_steps``, default 2 T + 4). Q = 0 gives x = 0."""
   num = q_mat.shape[0]
   scale, ok = _trace_scale(q_mat)
   scale = scale / num
   qn, cn = q_mat / scale, q_vec / scale
   x0 = _nonneg(-cn / jnp.maximum(jnp.diag(qn), 1e-6))
-  x = _solve_constrained(_quadratic(qn, cn), x0, _lipschitz(qn), False, max_iters,
-                         tol, newton_steps)
+  x = _polished_qp(qn, cn, x0, max_iters, tol, _steps(num, active_set_steps))
   return jnp.where(ok, x, jnp.zeros_like(x))
 
 
@@ -284,20 +387,22 @@ def cagrad_weights(g: jax.Array, c, *, max_iters: int = 100, tol: float = 1e-8,
 
   On G / tr G: a barrier (interior-point) path down to relative gap ``tol`` (at most
   ``max_iters`` Newton steps, typically 30-50), then ``newton_steps`` active-set Newton
-  steps on the objective (sqrt(w^T G w + 1e-12 tr G)). w = 1/T if g0 = 0 (that is, if
-  max_i |g_i . g0| + c ||g0|| max_i ||g_i|| <= 1e-6 tr G: float32 rounding level)."""
+  steps on the objective (sqrt(w^T G w + s tr G), s = 1e-12 in float32, 1e-24 in float64).
+  w = 1/T if g0 = 0 (that is, if max_i |g_i . g0| + c ||g0|| max_i ||g_i|| <= r tr G with r
+  the rounding level, 1e-6 in float32, 1e-15 in float64)."""
   num = g.shape[0]
   scale, ok = _trace_scale(g)
   gn = g / scale
   b = jnp.mean(gn, axis=1)                          # b_i = g_i . g0
   k = c * jnp.sqrt(_nonneg(jnp.sum(b)) / num)        # c ||g0||
   f_scale = jnp.max(jnp.abs(b)) + k * jnp.sqrt(jnp.max(jnp.diag(gn)))
-  ok = ok & (f_scale > 1e-6)                        # else g0 = 0 up to rounding
+  ok = ok & (f_scale > _by_dtype(g.dtype, 1e-6, 1e-15))   # else g0 = 0 up to rounding
   f_scale = jnp.where(ok, f_scale, 1)
+  smoothing = _by_dtype(g.dtype, 1e-12, 1e-24)
 
   def fun_hess(w):
     gw = gn @ w
-    r = jnp.sqrt(_nonneg(w @ gw) + _SMOOTHING)
+    r = jnp.sqrt(_nonneg(w @ gw) + smoothing)
     hess = k * (gn / r - jnp.outer(gw, gw) / r**3)
     return b @ w + k * r, b + k * gw / r, hess
 
@@ -310,7 +415,8 @@ def cagrad_alpha(g: jax.Array, c=0.4, rescale: int = 1, w: Optional[jax.Array] =
                  **solver_kwargs) -> jax.Array:
   """CAGrad coefficients alpha = 1/T + c ||g0|| / ||g_w*|| w*, divided by 1 (rescale 0),
   1 + c^2 (1) or 1 + c (2); w* = ``w`` or ``cagrad_weights(G, c, **solver_kwargs)``.
-  The correction is dropped if ||g_w*||^2 < 1e-8 tr G / T (0 in the hull, g0 = 0)."""
+  The correction is dropped if ||g_w*||^2 < r tr G / T (0 in the hull, g0 = 0, to rounding:
+  r = 1e-8 in float32, 1e-16 in float64)."""
   if rescale not in (0, 1, 2):
     raise ValueError(f'cagrad: rescale must be 0, 1 or 2, got {rescale!r}')
   num = g.shape[0]
@@ -318,7 +424,7 @@ def cagrad_alpha(g: jax.Array, c=0.4, rescale: int = 1, w: Optional[jax.Array] =
     w = cagrad_weights(g, c, **solver_kwargs)
   g0_norm = jnp.sqrt(_nonneg(jnp.sum(g))) / num
   gw_sq = _nonneg(w @ g @ w)
-  big = gw_sq > 1e-8 * jnp.trace(g) / num
+  big = gw_sq > _by_dtype(g.dtype, 1e-8, 1e-16) * jnp.trace(g) / num
   coef = jnp.where(big, c * g0_norm / jnp.sqrt(jnp.where(big, gw_sq, 1)), 0)
   alpha = 1 / num + coef * w
   return alpha / (1.0, 1 + c**2, 1 + c)[rescale]
@@ -365,7 +471,8 @@ def nash_mtl_weights(g: jax.Array, alpha_init: Optional[jax.Array] = None, *,
     decrement2 = _nonneg(r @ p)
     delta = jnp.sqrt(decrement2)
     damped = 1 / (1 + delta)
-    trials = jnp.minimum(1, 0.95 / jnp.maximum(jnp.max(-p), _TINY)) * 0.5 ** jnp.arange(8.0)
+    halvings = 0.5 ** jnp.arange(8, dtype=g.dtype)       # G's dtype: float64 under x64
+    trials = jnp.minimum(1, 0.95 / jnp.maximum(jnp.max(-p), _TINY)) * halvings
     armijo = jax.vmap(objective)(a * (1 + trials[:, None] * p)) <= (
         objective(a) - 1e-4 * trials * decrement2)
     t = jnp.max(jnp.where(armijo, trials, 0))            # the longest trial that passes

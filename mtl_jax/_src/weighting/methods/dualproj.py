@@ -17,11 +17,19 @@ def dualproj(match_sum: bool = True, norm_eps: float = 1e-4, reg_eps: float = 1e
   tr G < norm_eps), by ``solvers.dualproj_weights``; x T under ``match_sum``.  Task-specific
   parameters get unweighted gradients.
 
+  The default reg_eps = 1e-4 is torchjd's Tikhonov regularisation of G / tr G, which makes
+  the weights unique and bounded when rank(G) < T, at a price: d moves from the exact
+  projection wherever a constraint's curvature (||g_t||^2 / tr G, or the gap between two
+  nearly opposite gradients) is not much larger than reg_eps, as measured in float64: 27% with
+  two of five gradients at cosine -0.999, up to 9% with one gradient 100 times shorter than
+  four others (0 when the mean gradient is already in the cone).  reg_eps = 0 gives the
+  exact projection (1e-13 relative in float64 in the tests).
+
   Args:
     match_sum: multiply alpha by T to compare with the sum of losses; False reproduces
       torchjd (the projection of the mean gradient).
     norm_eps: G is treated as 0 below this trace.
-    reg_eps: ridge added to the normalised G, for the uniqueness of the projection.
+    reg_eps: ridge added to the normalised G (>= 0; 0 for the exact projection; see above).
 
   Returns:
     The ``Weighting`` (stateless, at least 2 tasks).

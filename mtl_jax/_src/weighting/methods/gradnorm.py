@@ -24,10 +24,12 @@ def last_layer(jacobian) -> list:
 
 
 def _gradient_norms(inputs, layer):
-  """||g_t|| over every shared parameter ('all', from G) or the last layer only."""
+  """||g_t|| over every shared parameter ('all', from G) or the last layer only (summed in
+  float32, or float64 for float64 leaves, as G)."""
   if layer == 'last':
     blocks = [leaf.reshape(leaf.shape[0], -1) for leaf in last_layer(inputs.jacobian)]
-    return jnp.sqrt(sum(jnp.sum(b.astype(jnp.float32) ** 2, 1) for b in blocks))
+    dtype = jnp.result_type(jnp.float32, *(b.dtype for b in blocks))
+    return jnp.sqrt(sum(jnp.sum(b.astype(dtype) ** 2, 1) for b in blocks))
   return jnp.sqrt(jnp.maximum(jnp.diag(inputs.gram), 0.0))
 
 
@@ -42,7 +44,8 @@ def gradnorm(alpha: float = 1.5, lr: float = 0.025, layer: str = 'all') -> Weigh
   L_grad = sum_t |G_t - sg(mean(G) r_t^alpha)|;  s takes one Adam step on dL_grad/ds per
   update;  d = sum_t sg(w_t) g_t with w from s before the step.  L(0) are the first update's
   losses.  The softmax keeps sum_t w_t = T (the paper renormalises after each step).
-  ``aux['grad_loss']`` is L_grad.
+  ``aux['grad_loss']`` is L_grad. The state has the default float dtype of ``init`` (float64
+  under ``jax_enable_x64``, else float32), in which the update runs; w takes G's dtype.
 
   Args:
     alpha: asymmetry exponent (the strength of the pull towards the training rates).
@@ -59,14 +62,16 @@ def gradnorm(alpha: float = 1.5, lr: float = 0.025, layer: str = 'all') -> Weigh
   adam = optax.adam(lr)
 
   def init(num_tasks):
-    s = jnp.zeros((num_tasks,), jnp.float32)
-    return {'s': s, 'adam': adam.init(s), 'initial_losses': jnp.ones((num_tasks,), jnp.float32),
+    s = jnp.zeros((num_tasks,), float)                 # float32, or float64 under x64
+    return {'s': s, 'adam': adam.init(s), 'initial_losses': jnp.ones((num_tasks,), float),
             'started': jnp.zeros((), bool)}
 
   def update(inputs, state, key):
     del key
+    dtype = state['s'].dtype
     norms = _gradient_norms(inputs, layer)
-    losses = inputs.losses.astype(jnp.float32)
+    out_dtype, norms = norms.dtype, norms.astype(dtype)
+    losses = inputs.losses.astype(dtype)
     initial = jnp.where(state['started'], state['initial_losses'], losses)
     ratio = losses / jnp.maximum(initial, checks.EPS)
     relative = ratio / jnp.maximum(jnp.mean(ratio), checks.EPS)
@@ -81,7 +86,8 @@ def gradnorm(alpha: float = 1.5, lr: float = 0.025, layer: str = 'all') -> Weigh
     updates, adam_state = adam.update(jax.grad(grad_loss)(state['s']), state['adam'])
     new = {'s': optax.apply_updates(state['s'], updates), 'adam': adam_state,
            'initial_losses': initial, 'started': jnp.ones((), bool)}
-    return WeightingResult(weights, new, aux={'grad_loss': grad_loss(state['s'])})
+    return WeightingResult(weights.astype(out_dtype), new,
+                           aux={'grad_loss': grad_loss(state['s'])})
 
   return Weighting('gradnorm', Needs.JACOBIAN if layer == 'last' else Needs.GRAM, init=init,
                    update=update, head_grads='unweighted', min_tasks=2)

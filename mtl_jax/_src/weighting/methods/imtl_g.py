@@ -15,7 +15,8 @@ def imtl_g(match_sum: bool = True) -> Weighting:
   Learning", ICLR 2021.
 
   In Gram form: alpha proportional to G^+ sqrt(diag G) (G^+ the pseudo-inverse), normalised
-  to sum_t alpha_t = 1 (alpha = 0 if that sum vanishes), x T under ``match_sum``.  Then
+  to sum_t alpha_t = 1 (alpha = 0 if that sum vanishes to rounding: |sum_t a_t| <=
+  T eps sum_t |a_t|, a = G^+ sqrt(diag G), eps that of G's dtype), x T under ``match_sum``.  Then
   u_t . d is the same for every t.  Task-specific parameters get unweighted gradients.
 
   Args:
@@ -31,7 +32,8 @@ def imtl_g(match_sum: bool = True) -> Weighting:
     g = inputs.gram
     raw = jnp.linalg.pinv(g, hermitian=True) @ jnp.sqrt(jnp.maximum(jnp.diag(g), 0.0))
     total = raw.sum()
-    alpha = jnp.where(jnp.abs(total) > checks.EPS, raw / jnp.where(total == 0, 1.0, total), 0.0)
+    vanishes = jnp.abs(total) <= g.shape[0] * jnp.finfo(g.dtype).eps * jnp.sum(jnp.abs(raw))
+    alpha = jnp.where(vanishes, 0, raw / jnp.where(vanishes, 1, total))
     return WeightingResult(checks.match_sum(alpha, match_sum), state)
 
   return Weighting('imtl_g', Needs.GRAM, init=lambda num_tasks: (), update=update,

@@ -37,7 +37,7 @@ def mgda(normalization: str = 'none', match_sum: bool = True, max_iters: int = 2
     norms = jnp.sqrt(jnp.maximum(jnp.diag(g), 0.0))
     n = {'none': jnp.ones_like(losses), 'l2': norms, 'loss': losses,
          'loss+': losses * norms}[normalization]
-    n = jnp.where(n > checks.EPS, n, 1.0)
+    n = jnp.where(n > checks.EPS, n, 1.0).astype(g.dtype)
     w = solvers.min_norm_simplex(g / jnp.outer(n, n), max_iters=max_iters)
     return WeightingResult(checks.match_sum(w / n, match_sum), state)
 

@@ -22,6 +22,9 @@ def nash_mtl(max_norm: float = 1.0, update_every: int = 1, max_iters: int = 20) 
   authors' clipping of the shared gradient).  Task-specific parameters get alpha_t grad L_t
   (``head_grads='weighted'``), as in the authors' code.
 
+  alpha is computed in G's dtype (float64 under ``jax_enable_x64`` with a float64 Jacobian);
+  the state keeps the default float dtype of ``init`` (float64 under x64, else float32).
+
   Args:
     max_norm: bound on ||d||; <= 0 disables the clipping.
     update_every: recompute alpha every this many steps (>= 1).
@@ -34,20 +37,21 @@ def nash_mtl(max_norm: float = 1.0, update_every: int = 1, max_iters: int = 20) 
     raise ValueError(f'nash_mtl: update_every must be >= 1, got {update_every}')
 
   def init(num_tasks):
-    return {'alpha': jnp.ones((num_tasks,), jnp.float32)}
+    return {'alpha': jnp.ones((num_tasks,), float)}     # float32, or float64 under x64
 
   def update(inputs, state, key):
     del key
     g = inputs.gram
+    previous = state['alpha'].astype(g.dtype)
     alpha = jax.lax.cond(
         inputs.step % update_every == 0,
-        lambda: solvers.nash_mtl_weights(g, state['alpha'], max_iters=max_iters),
-        lambda: state['alpha'])
+        lambda: solvers.nash_mtl_weights(g, previous, max_iters=max_iters),
+        lambda: previous)
     scaled = alpha
     if max_norm > 0:
       norm = jnp.sqrt(jnp.maximum(alpha @ g @ alpha, 0.0))
       scaled = alpha * jnp.minimum(1.0, max_norm / jnp.maximum(norm, checks.EPS))
-    return WeightingResult(scaled, {'alpha': alpha})
+    return WeightingResult(scaled, {'alpha': alpha.astype(state['alpha'].dtype)})
 
   return Weighting('nash_mtl', Needs.GRAM, init=init, update=update, head_grads='weighted',
                    min_tasks=2)

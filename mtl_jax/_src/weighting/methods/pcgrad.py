@@ -45,7 +45,8 @@ def pcgrad(reduction: str = 'sum') -> Weighting:
       def body(k, c):
         j = order[k]
         dot = g[j] @ c
-        step = jnp.where((j != i) & (dot < 0), dot / (g[j, j] + checks.EPS), 0.0)
+        # dot < 0 implies g_j != 0, so G_jj > 0: the exact ratio, in G's dtype
+        step = jnp.where((j != i) & (dot < 0), dot / jnp.where(g[j, j] > 0, g[j, j], 1), 0)
         return c.at[j].add(-step)
       return jax.lax.fori_loop(0, num, body, jax.nn.one_hot(i, num, dtype=g.dtype))
 
