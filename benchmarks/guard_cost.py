@@ -1,6 +1,6 @@
 """What the train step's logged norms and non-finite guard cost, on the hand-written step.
 
-    .venv/bin/python benchmarks/guard_cost.py            # T = 2, 8, 32 (~3 min on 2 cores)
+    .venv/bin/python benchmarks/guard_cost.py            # T = 2, 8, 32 (~4 min on 2 cores)
     .venv/bin/python benchmarks/guard_cost.py --quick    # smoke test
 
 The model, batch and Adam of ``step_time.py``.  Variants of the hand-written single-loss step
@@ -8,11 +8,18 @@ The model, batch and Adam of ``step_time.py``.  Variants of the hand-written sin
 donated:
 
 * ``plain``: nothing else;
-* ``norms``: + the two norms mtl_jax logs (sums of squares of the gradient and new params);
-* ``norms+guard``: + the guard mtl_jax uses (``lax.cond`` between the new and the old state
-  when a loss, a norm or the new params are not finite);
-* ``norms+pre-guard``: + a guard decided before the update (the would-be params reduced
-  without being kept, the update recomputed inside the accepting branch of the ``lax.cond``).
+* ``norms``: + the two norms mtl_jax logs (sums of squares of the gradient and new params,
+  computed as the train step computes them: ``step._sumsq``);
+* ``norms+guard``: + the guard mtl_jax uses (``step.guard``): decided before the update from
+  the loss and the gradient's sum of squares, the update applied inside the accepting branch
+  of a ``lax.cond`` (so in place, into the donated buffers), the new params' sum of squares
+  computed there;
+* ``norms+post-guard``: + the guard mtl_jax used until issue 13 (``lax.cond`` between the new
+  and the old state after the update, when a loss, a norm or the new params are not finite:
+  it also rejects an update that overflows from finite gradients, at the cost of a copy of
+  params and optimizer state);
+* ``norms+recompute-guard``: + a guard decided before the update from the would-be params
+  (reduced without being kept), the update recomputed inside the accepting branch.
 
 Times are interleaved in a fresh random order each repeat; the reported ratio is the median
 over repeats of each variant's time over ``plain``'s in the same repeat.  Also reports the
@@ -33,12 +40,9 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import step_time  # noqa: E402  pylint: disable=wrong-import-position
+from mtl_jax._src.step import _sumsq  # noqa: E402  pylint: disable=wrong-import-position
 
-KINDS = ('plain', 'norms', 'norms+guard', 'norms+pre-guard')
-
-
-def _sumsq(tree):
-  return sum(jnp.sum(x * x) for x in jax.tree.leaves(tree))
+KINDS = ('plain', 'norms', 'norms+guard', 'norms+post-guard', 'norms+recompute-guard')
 
 
 def make_step(setup, kind):
@@ -53,7 +57,13 @@ def make_step(setup, kind):
       updates, new_opt = optimizer.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), new_opt
 
-    if kind == 'norms+pre-guard':
+    if kind == 'norms+guard':
+      grad_sq = _sumsq(grads)
+      ok = jnp.isfinite(loss) & jnp.isfinite(grad_sq)
+      accept = lambda: (lambda new: (new, _sumsq(new[0])))(update())
+      new, param_sq = jax.lax.cond(ok, accept, lambda: ((params, opt_state), _sumsq(params)))
+      return new, (loss, grad_sq, param_sq)
+    if kind == 'norms+recompute-guard':
       grad_sq, param_sq = _sumsq(grads), _sumsq(update()[0])
       ok = jnp.isfinite(loss) & jnp.isfinite(grad_sq) & jnp.isfinite(param_sq)
       return jax.lax.cond(ok, update, lambda: (params, opt_state)), (loss, grad_sq, param_sq)
@@ -115,9 +125,9 @@ def main():
   load = os.getloadavg()
   rng = np.random.default_rng(0)
   results = {f'T={t}': measure(int(t), cfg, repeats, steps, rng) for t in args.tasks.split(',')}
-  print(f"{'variant':<18}" + ''.join(f'{k:>22}' for k in results))
+  print(f"{'variant':<22}" + ''.join(f'{k:>22}' for k in results))
   for kind in KINDS:
-    print(f'{kind:<18}' + ''.join(
+    print(f'{kind:<22}' + ''.join(
         f"{r[kind]['median_ms']:>8.2f}ms x{r[kind]['paired_ratio']:.3f} {r[kind]['copies']:>3}cp"
         for r in results.values()))
   report = {'config': {**cfg, 'repeats': repeats, 'steps': steps, 'quick': args.quick},

@@ -129,14 +129,19 @@ class Setup:
     def hand_step(state, batch):
       params, opt_state = state
       loss, grads = jax.value_and_grad(self.hand_loss)(params, batch)
-      updates, new_opt_state = optimizer.update(grads, opt_state, params)
-      new_params = optax.apply_updates(params, updates)
+
+      def update():
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        return (new_params, new_opt_state), optax.tree.norm(new_params)
+
       if not guard:
-        return (new_params, new_opt_state), loss
-      grad_norm, param_norm = optax.tree.norm(grads), optax.tree.norm(new_params)
-      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
-      new_state = jax.lax.cond(finite, lambda: (new_params, new_opt_state),
-                               lambda: (params, opt_state))
+        return update()[0], loss
+      # As the trainer's guard: decided before the update, which runs in the branch.
+      grad_norm = optax.tree.norm(grads)
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      new_state, param_norm = jax.lax.cond(
+          finite, update, lambda: ((params, opt_state), optax.tree.norm(params)))
       return new_state, (loss, grad_norm, param_norm)
 
     params = self.state(weighting.get('ew')).params

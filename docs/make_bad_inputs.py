@@ -84,6 +84,11 @@ for flag, expect in [
     ('--config.train.max_rejected_fraction=0', 'config.train.max_rejected_fraction'),
     ('--config.train.diagnostics_every=-1', 'config.train.diagnostics_every'),
     ('--config.eval.every=-5', 'config.eval.every'),
+    ('--config.weighting.mode=nope', 'config.weighting.mode'),
+    ('--config.weighting.name=mgda --config.weighting.mode=gram --config.weighting.chunk_size=2',
+     'config.weighting.chunk_size'),
+    ('--config.weighting.name=gradnorm --config.weighting.gradnorm.layer=last '
+     '--config.weighting.mode=gram', 'reads the Jacobian'),
     ('surplus', 'unexpected arguments'),
 ]:
   case('command line', f'`{flag}`', expect)(lambda flag=flag: cli_error(*flag.split()))
@@ -107,7 +112,8 @@ def _changed_resume():
 
 # ---- runs that go wrong ----------------------------------------------------------------------
 
-@case('training', 'learning rate 1e30 (every update rejected)', 'updates were rejected')
+@case('training', 'learning rate 1e30 (every update after the first rejected)',
+      'updates were rejected')
 def _hopeless():
   return cli_error('--config.optim.name=sgd', '--config.optim.lr=1e30', '--config.train.steps=20',
                    '--config.train.rejected_window=10')
@@ -343,6 +349,25 @@ def _vg_scalar():
 @case('library', '`mtl_value_and_grad(pcgrad)` called without a key', 'PRNG key')
 def _vg_key():
   return _value_and_grad(lambda p: p['w'][:2] * p['head'], name='pcgrad')
+
+
+@case('library', '`mtl_value_and_grad(..., stacked_heads=True)` without `losses_fn`',
+      'losses_fn is required with stacked_heads')
+def _vg_stacked():
+  import mtl_jax  # pylint: disable=import-outside-toplevel
+  mtl_jax.mtl_value_and_grad(None, method('mgda'), shared={'w': True},
+                             representation_fn=lambda p: p, heads_fn=lambda z, p: z,
+                             stacked_heads=True)
+  return 'silent', ''
+
+
+@case('library', '`mtl_value_and_grad` with `representation_fn` but no `heads_fn`',
+      'go together')
+def _vg_half_split():
+  import mtl_jax  # pylint: disable=import-outside-toplevel
+  mtl_jax.mtl_value_and_grad(lambda p: p['w'], method('mgda'), shared={'w': True},
+                             representation_fn=lambda p: p)
+  return 'silent', ''
 
 
 @case('library', '`python -m mtl_jax.report` on a directory without metrics.jsonl',

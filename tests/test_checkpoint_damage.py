@@ -289,3 +289,17 @@ def test_a_reason_is_one_short_line_naming_the_innermost_cause():
     reason = checkpointing.short_reason(e)
   assert reason == 'ValueError: NOT_FOUND: Error reading "params.w/0"'
   assert len(checkpointing.short_reason(KeyError('x' * 1000))) == 200
+
+
+def test_a_non_finite_state_is_not_saved(tmp_path, caplog):
+  """An update that overflowed (params inf) is applied by the step's guard; the checkpoint
+  then is not written, so the newest checkpoint on disk stays usable."""
+  checkpointer = checkpointing.Checkpointer(str(tmp_path / 'ckpt'))
+  state = {'a': jnp.ones((3, 2)), 'b': jnp.arange(4.0)}
+  assert checkpointer.save(1, state, {'next_index': 1})
+  with caplog.at_level(logging.WARNING):
+    assert not checkpointer.save(2, {**state, 'b': state['b'].at[2].set(jnp.inf)},
+                                 {'next_index': 2})
+  checkpointer.wait()
+  assert sorted(os.listdir(tmp_path / 'ckpt')) == ['1']
+  assert "checkpoint step 2 not saved: non-finite values in ['b']" in caplog.text

@@ -90,18 +90,17 @@ def test_step_traces_once_over_many_steps():
   assert int(state.step) == 5
 
 
-def _counting_weighting():
-  """EW with a state that counts its updates, to see that a rejected step leaves it alone."""
+def _counting_weighting(weights=1.0):
+  """EW with a state that counts its updates, to see that a rejected step leaves it alone;
+  ``weights`` NaN gives finite losses with a NaN gradient."""
   def update(inputs, state, key):
-    return weighting.WeightingResult(jnp.ones_like(inputs.losses), state + 1)
+    return weighting.WeightingResult(jnp.full_like(inputs.losses, weights), state + 1)
   return weighting.Weighting('counting', weighting.Needs.LOSSES, lambda n: jnp.zeros(()), update)
 
 
-@pytest.mark.parametrize('bad', ['nan_input', 'overflowing_loss', 'overflowing_update'])
-def test_nonfinite_loss_is_rejected(bad):
+@pytest.mark.parametrize('bad', ['nan_input', 'overflowing_loss', 'nan_gradient'])
+def test_nonfinite_loss_or_gradient_is_rejected(bad):
   method = _counting_weighting()
-  # A huge step size makes the update overflow to inf although losses and gradients are finite.
-  blowup = optax.chain(optax.scale(3e38), optax.scale(10.0))
   model, optimizer, state, batch = _setup(method)
   bad_batch = jax.tree.map(np.copy, batch)
   bad_step = make_train_step(model, TASKS, optimizer, method, donate=False)
@@ -112,16 +111,19 @@ def test_nonfinite_loss_is_rejected(bad):
     # masked out and counted, see test_label_checks.py).
     bad_batch['labels']['y1'][3, 0] = 3e38
   else:
-    bad_step = make_train_step(model, TASKS, blowup, method, donate=False)
+    # Finite losses, a NaN gradient: only the gradient's check can catch it.
+    bad_step = make_train_step(model, TASKS, optimizer, _counting_weighting(np.nan),
+                               donate=False)
   before = jax.tree.map(np.asarray, state)
   rejected, metrics = bad_step(state, bad_batch)
   assert int(metrics['rejected']) == 1 and int(rejected.num_rejected) == 1
-  if bad == 'overflowing_update':
-    assert np.all(np.isfinite(metrics['losses'])) and np.isfinite(metrics['grad_norm'])
+  if bad == 'nan_gradient':
+    assert np.all(np.isfinite(metrics['losses'])) and np.isnan(metrics['grad_norm'])
   else:
     assert not np.all(np.isfinite(metrics['losses']))
   for field in ('params', 'opt_state', 'weighting_state', 'model_state'):
     chex.assert_trees_all_equal(getattr(rejected, field), getattr(before, field))
+  np.testing.assert_allclose(metrics['param_norm'], optax.tree.norm(before.params), rtol=1e-5)
   assert int(rejected.step) == 1
   step = make_train_step(model, TASKS, optimizer, method, donate=False)
   # A good batch afterwards trains normally.
@@ -132,6 +134,77 @@ def test_nonfinite_loss_is_rejected(bad):
   assert not np.allclose(after.params['shared']['Dense_0']['kernel'],
                          before.params['shared']['Dense_0']['kernel'])
 
+
+def test_guard_rejects_a_gradient_whose_squares_overflow():
+  """Every entry finite, but 2e19^2 > float32 max: Adam's second moment would overflow."""
+  from mtl_jax._src import step as step_lib
+  method = _counting_weighting()
+  _, _, state, _ = _setup(method)
+  grads = jax.tree.map(jnp.zeros_like, state.params)
+  grads['shared']['Dense_0']['bias'] = grads['shared']['Dense_0']['bias'].at[0].set(2e19)
+  moved = lambda: state.replace(params=jax.tree.map(lambda p: p + 1.0, state.params))
+  kept, norms, rejected = step_lib.guard(state, moved, grads, jnp.asarray(True))
+  assert int(rejected) == 1 and int(kept.num_rejected) == 1 and norms['grad_norm'] == np.inf
+  chex.assert_trees_all_equal(kept.params, state.params)
+  grads['shared']['Dense_0']['bias'] = grads['shared']['Dense_0']['bias'].at[0].set(1e19)
+  kept, norms, rejected = step_lib.guard(state, moved, grads, jnp.asarray(True))
+  assert int(rejected) == 0 and int(kept.num_rejected) == 0
+  np.testing.assert_allclose(norms['grad_norm'], 1e19, rtol=1e-6)
+  chex.assert_trees_all_equal(kept.params, moved().params)
+
+
+def test_an_update_that_overflows_from_finite_gradients_is_applied_and_seen_next_step():
+  """The documented limit of the guard: it decides before the optimizer runs, so an update
+  that overflows (here a step size of 3e39) is applied; its param_norm is not finite, and the
+  next step, whose losses are not finite, is rejected and changes nothing."""
+  method = _counting_weighting()
+  blowup = optax.chain(optax.scale(3e38), optax.scale(10.0))
+  model, _, state, batch = _setup(method, blowup)
+  step = make_train_step(model, TASKS, blowup, method, donate=False)
+  state, metrics = step(state, batch)
+  assert int(metrics['rejected']) == 0 and np.isfinite(metrics['grad_norm'])
+  assert not np.isfinite(metrics['param_norm'])
+  assert not all(np.all(np.isfinite(p)) for p in jax.tree.leaves(state.params))
+  before = jax.tree.map(np.asarray, state)
+  state, metrics = step(state, batch)
+  assert int(metrics['rejected']) == 1 and int(state.num_rejected) == 1
+  assert not np.all(np.isfinite(metrics['losses']))
+  for field in ('params', 'opt_state', 'weighting_state'):
+    chex.assert_trees_all_equal(getattr(state, field), getattr(before, field))
+
+
+def _branch_copies(hlo: str) -> list:
+  """The sizes of the arrays copied in the branches of the entry's conditionals (fused
+  computations are separate, so a copy here moves a whole buffer)."""
+  import re
+  entry = hlo[hlo.index('\nENTRY '):]
+  names = set()
+  for line in entry.splitlines():
+    if ' conditional(' in line:
+      m = re.search(r'branch_computations=\{([^}]*)\}', line)
+      found = m.group(1).split(',') if m else re.findall(r'(?:true|false)_computation=(%[^\s,]+)',
+                                                         line)
+      names.update(n.strip().lstrip('%') for n in found)
+  assert len(names) >= 2, 'no conditional found'
+  sizes = []
+  for name in names:
+    body = hlo[hlo.index(f'\n%{name} '):]
+    for shape in re.findall(r'= [a-z0-9]+\[([0-9,]*)\]\S* copy\(', body[:body.index('\n}')]):
+      sizes.append(int(np.prod([int(d) for d in shape.split(',') if d])))
+  return sizes
+
+
+@pytest.mark.parametrize('method', ['ew', 'famo'])
+def test_the_guard_updates_the_donated_state_in_place(method):
+  """XLA's optimized program: the guard's ``lax.cond`` copies no params or optimizer state
+  in either branch (the accepting branch writes the new state into the donated buffers, the
+  other passes them on; FAMO's [T] state may be copied).  A guard that chose between the new
+  and the old state after the update copied every leaf of params and optimizer state there."""
+  method = weighting.get(method)
+  model, optimizer, state, batch = _setup(method)
+  step = make_train_step(model, TASKS, optimizer, method)
+  sizes = _branch_copies(step.lower(state, batch).compile().as_text())
+  assert all(size <= len(TASKS) for size in sizes), sizes
 
 def test_training_reduces_test_error_on_synthetic_data():
   ds = make_synthetic(2, 0.9, input_dim=16, preset='keras_mmoe', sizes=(2048, 256, 256))

@@ -143,10 +143,11 @@ def _describe(x: Any) -> str:
   return f'{x.dtype}{list(np.shape(x))}'
 
 
-def fingerprint(state: Any, data_state: Any = None) -> dict:
+def fingerprint(state: Any, data_state: Any = None, summaries=None) -> dict:
   """The JSON fingerprint of ``state`` (and of ``data_state``) stored with a checkpoint:
-  ``{'version', 'leaves': {path: {'shape', 'dtype', 'sums': [a, b]}}, 'data'}``."""
-  paths, sums, _ = _summaries(state)
+  ``{'version', 'leaves': {path: {'shape', 'dtype', 'sums': [a, b]}}, 'data'}``
+  (``summaries``: ``_summaries(state)`` if already computed)."""
+  paths, sums, _ = summaries or _summaries(state)
   leaves = {path: {'shape': list(np.shape(x)), 'dtype': str(x.dtype),
                    'sums': [int(a), int(b)]}
             for path, x, (a, b) in zip(paths, jax.tree_util.tree_leaves(state), sums)}
@@ -264,12 +265,21 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any, data_state: dict) -> None:
+  def save(self, step: int, state: Any, data_state: dict) -> bool:
     """Saves (asynchronously) ``state``, the iterator position and their fingerprint at
-    ``step``."""
+    ``step``; a state with a non-finite float (an update that overflowed) is not saved, with
+    a warning naming the leaf, so the newest checkpoint stays usable.  Returns whether it
+    saved."""
+    summaries = _summaries(state)
+    paths, _, finite = summaries
+    if not finite.all():
+      logging.warning('checkpoint step %d not saved: non-finite values in %s', step,
+                      paths[int(np.argmin(finite))])
+      return False
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-        fingerprint=ocp.args.JsonSave(fingerprint(state, data_state))))
+        fingerprint=ocp.args.JsonSave(fingerprint(state, data_state, summaries))))
+    return True
 
   def _read(self, step: int, target: Any) -> tuple[Any, dict, Optional[dict]]:
     """``(state, data position, stored fingerprint or None)`` of ``step``, unchecked, with

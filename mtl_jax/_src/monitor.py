@@ -3,8 +3,8 @@
 Both read the per-step scalars the ``MetricWriter`` has already fetched at each flush, so
 neither adds a device sync or a per-step host scan.
 
-The policy (``RejectionPolicy``): the train step rejects an update whose loss, gradient or
-result is not finite (``rejected = 1``; params and every state stay as they were).  A run
+The policy (``RejectionPolicy``): the train step rejects an update whose loss or gradient
+is not finite (``rejected = 1``; params and every state stay as they were).  A run
 whose updates are mostly rejected learns nothing, so over the last ``window`` steps of this
 session (or all of them, at the end of a shorter session):
 

@@ -3,9 +3,12 @@
     state, metrics = train_step(state, batch)
 
 computes all per-task losses in one vectorised pass, combines them with a ``Weighting``,
-and applies an optax update.  An update whose losses or gradients are not finite is
-rejected (as is one whose update overflows): params, model, optimizer and weighting state
-stay as they were, ``num_rejected`` grows.
+and applies an optax update.  An update whose losses or gradient are not finite (the
+gradient's sum of squares included, so no squared entry overflows) is rejected: params,
+model, optimizer and weighting state stay bitwise as they were, ``num_rejected`` grows.
+The check comes before the optimizer runs, which then updates the state in place (see
+``guard``); an optimizer update that overflows from finite gradients is therefore applied,
+and shows as a non-finite ``param_norm`` and a rejected next step.
 """
 
 from typing import Any, Callable, Optional
@@ -77,7 +80,7 @@ def init_train_state(model: nn.Module, tasks: TaskSet, optimizer: optax.Gradient
 
 def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientTransformation,
                     weighting: Weighting, *, schedule: Optional[Callable] = None,
-                    mode: str = 'param', chunk_size: Optional[int] = None,
+                    mode: str = 'auto', chunk_size: Optional[int] = None,
                     head_grads: Optional[str] = None,
                     mesh: Optional[jax.sharding.Mesh] = None, jit: bool = True,
                     donate: bool = True, frozen: Optional[PyTree] = None,
@@ -90,7 +93,10 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
     optimizer: an optax transformation (its learning rate may follow ``schedule``).
     weighting: how per-task losses are combined.
     schedule: the learning-rate schedule, only to report ``lr`` in the metrics.
-    mode: per-task gradients of the shared parameters ('param') or of the shared
+    mode: 'auto' (the exact mode for the method and model: the Gramian mode for Gram methods
+      where its layer rules pay off, else 'param'),
+      per-task gradients of the shared parameters ('param'), their Gram matrix from layer
+      inputs and output cotangents ('gram') or per-task gradients of the shared
       representation ('rep', needs ``model.representation`` and ``model.heads``).
     chunk_size: compute per-task gradients this many tasks at a time (None: all at once).
     head_grads: 'weighted' or 'unweighted' task-specific gradients (None: the method's).
@@ -109,11 +115,12 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
 
   Metrics: ``losses`` [T], ``weights`` [T], ``loss`` (= sum_t w_t L_t + auxiliary losses),
   ``grad_norm``, ``param_norm`` (of the params the step returns), ``lr``, ``rejected`` (1 if
-  this update was rejected as non-finite), ``invalid_labels`` [T] (labelled samples left out
-  of each task's loss: a label invalid for the task, e.g. class -1 or 2.7, or a mask not 0 or
-  1; see ``TaskSet.invalid_labels``), ``nonfinite_inputs`` (samples with a NaN or inf
-  input, which make the update rejected), ``aux_loss/<name>`` (each auxiliary loss the model
-  sowed), ``weighting/<name>`` (the method's diagnostics).  With a Gram matrix (gradient
+  this update was rejected: a loss or the gradient not finite, see ``guard``),
+  ``invalid_labels`` [T] (labelled samples left out of each task's loss: a label invalid for
+  the task, e.g. class -1 or 2.7, or a mask not 0 or 1; see ``TaskSet.invalid_labels``),
+  ``nonfinite_inputs`` (samples with a NaN or inf input, which make the update rejected),
+  ``aux_loss/<name>`` (each auxiliary loss the model sowed), ``weighting/<name>`` (the
+  method's diagnostics).  With a Gram matrix (gradient
   methods; loss-only ones with ``diagnostics_every``): ``grad_norms`` [T] (each task's
   gradient norm), ``grad_cos`` [T, T] (cosines), ``conflicts`` (pairs with a negative cosine),
   NaN where not measured (see ``mtl_jax.weighting.gradient_diagnostics``); in ``mode='rep'``
@@ -129,17 +136,20 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
     fns = objective.bind(state.params, state.model_state, batch, dropout_rng)
     out = engine.task_gradients(weighting, state.params, state.weighting_state, weighting_rng,
                                 applied, fns, options)
-    updates, opt_state = optimizer.update(out.grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    weighting_state, finite = out.state, jnp.all(jnp.isfinite(out.losses))
-    if weighting.after_step is not None:
-      # The method's own update from the losses after the step, on the same batch.
-      new_losses = fns.full(params)[0]
-      finite &= jnp.all(jnp.isfinite(new_losses))
-      weighting_state = engine.after_step(weighting, weighting_state, out.losses, new_losses)
-    new = state.replace(params=params, model_state=out.model_state, opt_state=opt_state,
-                        weighting_state=weighting_state)
-    new, norms, rejected = guard(state, new, out.grads, finite)
+
+    def update():
+      updates, opt_state = optimizer.update(out.grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      weighting_state = out.state
+      if weighting.after_step is not None:
+        # The method's own update from the losses after the step, on the same batch (kept
+        # as it was if they are not finite).
+        new_losses = fns.full(params)[0]
+        weighting_state = engine.after_step(weighting, weighting_state, out.losses, new_losses)
+      return state.replace(params=params, model_state=out.model_state, opt_state=opt_state,
+                           weighting_state=weighting_state)
+
+    new, norms, rejected = guard(state, update, out.grads, jnp.all(jnp.isfinite(out.losses)))
     aux = [out.aux_losses[k] for k in sorted(out.aux_losses)]
     metrics = {
         'losses': out.losses,
@@ -166,22 +176,40 @@ def _sumsq(tree) -> jax.Array:
              jnp.zeros((), jnp.float32))
 
 
-def guard(old: TrainState, new: TrainState, grads, finite):
-  """``(state, {'grad_norm', 'param_norm'}, rejected)``: ``new`` if its update is finite,
-  else ``old`` with ``num_rejected + 1``.
+def guard(old: TrainState, update: Callable[[], TrainState], grads, finite):
+  """``(state, {'grad_norm', 'param_norm'}, rejected)``: ``update()`` if ``finite`` and the
+  gradient's sum of squares are finite, else ``old`` with ``num_rejected + 1``.
 
-  A non-finite loss or gradient, or an overflowing update, makes the new params non-finite,
-  so their squared norm (logged anyway) detects it without another pass over the updates.
-  The state is chosen by one ``lax.cond`` over whole buffers; the old params' norm is
-  computed only when the update is rejected.
+  What it guarantees: an update is applied only if every task loss (``finite``) and the
+  float32 sum of squares of the gradient (logged as ``grad_norm``) are finite, i.e. every
+  gradient entry is finite and so is its square (Adam's moments stay finite).  Otherwise
+  params, model, optimizer and weighting state are returned bitwise unchanged and
+  ``rejected`` is 1.  The decision comes before the optimizer runs, from what the step
+  computes anyway, and the update (``update()``: optimizer, new params, a method's
+  ``after_step``) runs inside the accepting branch of one ``lax.cond``: XLA writes it into
+  the donated buffers in place, with no copy of params or optimizer state.
+
+  What it does not catch: an optimizer update that overflows from finite gradients (a
+  learning rate of 1e30) is applied.  Its params are not finite or their squares overflow,
+  so ``param_norm`` is inf or NaN; the next step's losses are then not finite, and that
+  update and every later one is rejected (the trainer's rejection policy stops the run, and
+  its checkpointer does not save a non-finite state).
+  Losses after the step that are not finite (FAMO's ``after_step``) keep the method's state
+  (``weighting.after_step``) but do not reject the update.
+
+  ``param_norm`` is that of the params the step returns (the old ones when rejected).
   """
-  grad_sq, param_sq = _sumsq(grads), _sumsq(new.params)
-  finite = finite & jnp.isfinite(grad_sq) & jnp.isfinite(param_sq)
+  grad_sq = _sumsq(grads)
+  ok = finite & jnp.isfinite(grad_sq)
   fields = lambda s: (s.params, s.model_state, s.opt_state, s.weighting_state)
-  kept, param_sq = jax.lax.cond(finite, lambda: (fields(new), param_sq),
-                                lambda: (fields(old), _sumsq(old.params)))
-  rejected = (~finite).astype(jnp.int32)
-  state = new.replace(params=kept[0], model_state=kept[1], opt_state=kept[2],
+
+  def accept():
+    new = update()
+    return fields(new), _sumsq(new.params)
+
+  kept, param_sq = jax.lax.cond(ok, accept, lambda: (fields(old), _sumsq(old.params)))
+  rejected = (~ok).astype(jnp.int32)
+  state = old.replace(params=kept[0], model_state=kept[1], opt_state=kept[2],
                       weighting_state=kept[3], num_rejected=old.num_rejected + rejected)
   return state, {'grad_norm': jnp.sqrt(grad_sq), 'param_norm': jnp.sqrt(param_sq)}, rejected
 

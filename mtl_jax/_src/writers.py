@@ -1,6 +1,7 @@
 """Per-step metrics to ``metrics.jsonl`` and TensorBoard, the non-finite stop, the result table."""
 
 import json
+import logging
 import os
 import sys
 from typing import Mapping, Optional, Sequence
@@ -8,6 +9,10 @@ from typing import Mapping, Optional, Sequence
 import jax
 import numpy as np
 from tensorboardX import SummaryWriter
+
+# A NaN loss is logged as it is (and rejected by the step): tensorboardX's per-value warning
+# about it would flood stderr.
+logging.getLogger('tensorboardX.x2num').setLevel(logging.ERROR)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -75,10 +80,9 @@ class MetricWriter:
         self._flush_files()
         bad = [n for n, l in zip(self.task_names, metrics['losses']) if not np.isfinite(l)]
         grad_norm = scalars['grad_norm']
-        what = (f'non-finite loss for task(s) {bad}' if bad
-                else f'non-finite gradient (norm {grad_norm})' if not np.isfinite(grad_norm)
-                else f'the update overflowed (losses and gradient norm {grad_norm:.4g} finite, '
-                     'the new params not): is the learning rate too high?')
+        what = (f'non-finite loss for task(s) {bad} (after an update that overflowed, if the '
+                'inputs are finite: is the learning rate too high?)' if bad
+                else f'non-finite gradient (norm {grad_norm})')
         where = ('no checkpoint was written yet' if last_checkpoint is None
                  else f'the last checkpoint (step {last_checkpoint}) is intact')
         raise NonFiniteLossError(
