@@ -48,6 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mtl_jax._src.weighting import jacobian
+
 PyTree = Any
 _CALLS = ('pjit', 'jit', 'closed_call', 'core_call')
 _PASS = ('convert_element_type', 'reshape', 'transpose', 'squeeze', 'expand_dims', 'copy',
@@ -220,10 +222,10 @@ def gram_vjp(fn: Callable, shared, *others, has_aux: bool = False,
     deltas, leaves = jax.vmap(lambda c: pull(c)[:2])(rows)
     untapped = [g for i, g in enumerate(leaves) if i not in {t.leaf for t in taps.values()}]
     num = jax.tree.leaves(rows)[0].shape[0]
-    g = _explicit_gram(untapped, num, _gram_dtype(flat))
+    g = jacobian.gram(untapped, num)
     for p, t in taps.items():
-      g = g + tap_gram(t, records[p], deltas[p], policy).astype(g.dtype)
-    return g
+      g = g + tap_gram(t, records[p], deltas[p], policy)
+    return g.astype(_gram_dtype(flat))
 
   return GramVJP(out, vjp, gram, aux, taps)
 
@@ -232,15 +234,6 @@ def _gram_dtype(leaves):
   """float64 for float64 parameters (under x64), else float32."""
   wide = any(jnp.dtype(leaf.dtype) == jnp.float64 for leaf in leaves)
   return jnp.float64 if wide else jnp.float32
-
-
-def _explicit_gram(rows_list, num, dtype):
-  """sum over [k, ...] per-task gradients of their k x k Gram matrices."""
-  g = jnp.zeros((num, num), dtype)
-  for r in rows_list:
-    b = r.reshape(num, -1).astype(dtype)
-    g = g + b @ b.T
-  return g
 
 
 def tap_gram(tap: Tap, operands, deltas, policy: str = 'cheapest') -> jax.Array:
@@ -308,8 +301,7 @@ def _explicit_tap(tap, operands, deltas):
   def one(delta):
     f = lambda w: _bind(tap.eqn, operands[:tap.operand] + [w] + operands[tap.operand + 1:])[0]
     return jax.vjp(f, operands[tap.operand])[1](delta)[0]
-  grads = jax.vmap(one)(deltas)
-  return _explicit_gram([grads], deltas.shape[0], _wide(grads.dtype))
+  return jacobian.gram(jax.vmap(one)(deltas))
 
 
 def _wide(dtype):
