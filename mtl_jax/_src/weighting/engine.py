@@ -252,10 +252,9 @@ def task_gradients(method: Weighting, params, state, key, step, fns: LossFns,
 def _loss_only(method, params, state, key, step, fns, options, subset):
   """One VJP with cotangent (alpha, 1_K) (and one with (1, 1_K) for unweighted heads)."""
   if options.diagnostics_every and options.mode in ('gram', 'auto'):
-    split = lambda shared, task: _flat_losses(fns.full)({'shared': shared, 'task': task})
-    r = gram_vjp(split, params['shared'], params['task'], has_aux=True)
-    all_losses, (aux_losses, model_state) = r.out, r.aux
-    vjp_fn = lambda c: (dict(zip(('shared', 'task'), r.vjp(c))),)
+    all_losses, split_vjp, (aux_losses, model_state), r = _pullback(
+        _split_losses(fns), params['shared'], params['task'], options=options)
+    vjp_fn = lambda c: (dict(zip(('shared', 'task'), split_vjp(c))),)
     gram_of = r.gram
   else:
     all_losses, vjp_fn, (aux_losses, model_state) = jax.vjp(_flat_losses(fns.full), params,
@@ -288,6 +287,11 @@ def _occasional_gram(gram_of, num, num_aux, dtype, step, options):
   return jax.lax.cond(jnp.asarray(step) % every == 0, measure, lambda: unmeasured(num))
 
 
+def _split_losses(fns: LossFns):
+  """``_flat_losses(fns.full)`` as a function of (shared, task) parameters."""
+  return lambda shared, task: _flat_losses(fns.full)({'shared': shared, 'task': task})
+
+
 def _pullback(fn, shared, *others, options: Options):
   """``(out, vjp, aux, r)`` of ``fn(shared, *others)`` (which returns (out, aux)); ``r`` is
   the ``gram_vjp`` result in modes 'gram' and 'auto', else None."""
@@ -309,9 +313,8 @@ def _gram_of(r, options: Options, num_rows: int):
 def _whole_network(method, params, state, key, step, fns, options, subset):
   """Rows of J from vmapped pullbacks through the whole network, or G from the layer rules
   (Gramian mode) and then d and the heads from one VJP with cotangent (alpha, 1_K)."""
-  split = lambda shared, task: _flat_losses(fns.full)({'shared': shared, 'task': task})
   all_losses, vjp_fn, (aux_losses, model_state), r = _pullback(
-      split, params['shared'], params['task'], options=options)
+      _split_losses(fns), params['shared'], params['task'], options=options)
   num_aux = len(aux_losses)
   num = all_losses.shape[0] - num_aux
   losses = all_losses[:num]
