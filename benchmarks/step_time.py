@@ -44,8 +44,13 @@ from mtl_jax.data import make_synthetic
 from mtl_jax import init_train_state, make_train_step
 from mtl_jax.weighting import Needs, Weighting, WeightingInputs, WeightingResult
 
-GRADIENT_METHODS = ('mgda', 'pcgrad', 'cagrad', 'nash_mtl', 'imtl_g', 'upgrad', 'dualproj',
-                    'aligned_mtl', 'gradnorm')
+# Every method reading per-task gradients (GRAM or JACOBIAN; bilevel methods are reported
+# against ew without a bound).
+GRADIENT_METHODS = tuple(
+    n for n in weighting.names()
+    if weighting.get(n, **({'steps_per_epoch': 1} if n in ('dwa', 'forum') else {})).needs
+    is not Needs.LOSSES and n != 'forum')
+BILEVEL_METHODS = ('auto_lambda', 'moml', 'forum')
 EW_VS_HAND = 1.05
 GRAD_SLACK = 1.3
 COMPILE_RATIO = 2.0
@@ -69,7 +74,7 @@ def grad_bound(num_tasks: int) -> float:
 
 def make_method(name: str, num_tasks: int, steps_per_epoch: int = 100) -> Weighting:
   """A registered method with its defaults (dwa and static get their required args)."""
-  if name == 'dwa':
+  if name in ('dwa', 'forum'):
     return weighting.get(name, steps_per_epoch=steps_per_epoch)
   if name == 'static':
     return weighting.get(name, weights=np.ones(num_tasks, np.float32))
@@ -111,6 +116,12 @@ class Setup:
   def state(self, method: Weighting):
     return init_train_state(self.model, self.tasks, self.optimizer, method,
                             self.batch['inputs'], self.rng)
+
+  def batch_for(self, method: Weighting):
+    """The batch, cut to a multiple of the method's sub-batches (256 -> 255 for 3)."""
+    size = jax.tree_util.tree_leaves(self.batch)[0].shape[0]
+    keep = size - size % method.sub_batches
+    return self.batch if keep == size else jax.tree.map(lambda x: x[:keep], self.batch)
 
   def step(self, method: Weighting, mode: str = 'auto', jit: bool = True):
     return make_train_step(self.model, self.tasks, self.optimizer, method, mode=mode, jit=jit)
@@ -186,9 +197,10 @@ def time_steps(setup: Setup, methods: list, args, num_steps: int, rng):
   runners[GUARDED] = [*setup.hand(guard=True), setup.hand_batch]
   for name in methods:
     method = make_method(name, setup.num_tasks)
-    runners[name] = [setup.step(method), setup.state(method), setup.batch]
+    batch = setup.batch_for(method)
+    runners[name] = [setup.step(method), setup.state(method), batch]
     for mode in args.modes if name in args.mode_methods else ():
-      runners[f'{name}[{mode}]'] = [setup.step(method, mode), setup.state(method), setup.batch]
+      runners[f'{name}[{mode}]'] = [setup.step(method, mode), setup.state(method), batch]
   for name in FLOORS if args.floors else ():
     method = make_floor(name)
     runners[name] = [setup.step(method), setup.state(method), setup.batch]
@@ -218,7 +230,7 @@ def time_solvers(setup: Setup, methods: list, args, num_steps: int) -> dict:
   out = {}
   for name in methods:
     method = make_method(name, setup.num_tasks)
-    if method.needs is not Needs.GRAM:
+    if method.needs is not Needs.GRAM or method.sub_batches > 1 or method.bilevel:
       continue
     update = jax.jit(method.update)
     state, key = method.init(setup.num_tasks), jax.random.PRNGKey(1)
@@ -245,7 +257,7 @@ def compile_times(setup: Setup, names: list, first: dict, repeats: int) -> dict:
     runs = [first[entry]] if entry in first else []
     for _ in range(repeats):
       step = jax.jit(setup.step(method, mode, jit=False), donate_argnums=0)
-      runs.append(lower_compile(step, state, setup.batch)[1])
+      runs.append(lower_compile(step, state, setup.batch_for(method))[1])
     out[entry] = {**min(runs, key=lambda r: r['total_s']),
                   'runs_total_s': [r['total_s'] for r in runs]}
   return out

@@ -12,6 +12,8 @@ A method is a ``Weighting``: pure ``init(num_tasks)`` and ``update(inputs, state
 * ``jacobian``, ``rows``, ``gram``, ``weighted_sum``: the engine's per-task Jacobian (one
   vmapped pullback), its Gram matrix J J^T and the combination alpha^T J;
   ``gradient_diagnostics(G)``: per-task gradient norms, cosines and conflicting pairs.
+* ``normalize``, ``log_losses``, ``ema``, ``grouped``: transforms ``Weighting -> Weighting``
+  (normalised gradients, log-losses, averaged weights, per-parameter-group aggregation).
 * ``solvers``: the jittable convex solvers (min-norm, non-negative QP, CAGrad, Nash-MTL).
 * ``task_gradients`` (with ``LossFns``, ``Options``, ``EngineOutput``): the train step's
   engine, usable on any loss functions.
@@ -47,6 +49,11 @@ from mtl_jax._src.weighting.optax_adapter import optax_after_step
 from mtl_jax._src.weighting.registry import get
 from mtl_jax._src.weighting.registry import hyperparameters
 from mtl_jax._src.weighting.registry import names
+from mtl_jax._src.weighting.transforms import EMAState
+from mtl_jax._src.weighting.transforms import ema
+from mtl_jax._src.weighting.transforms import grouped
+from mtl_jax._src.weighting.transforms import log_losses
+from mtl_jax._src.weighting.transforms import normalize
 
 register = _registry.WEIGHTINGS.register
 
@@ -56,8 +63,9 @@ _BUILDERS = {name: _registry.WEIGHTINGS.builder(name) for name in names()}
 globals().update(_BUILDERS)
 
 __all__ = [
-    'Combined', 'EngineOutput', 'LossFns', 'Needs', 'OptionError', 'Options', 'Weighting',
-    'WeightingInputs', 'WeightingResult', 'WeightingState', 'after_step', 'as_optax',
-    'combine', 'get', 'gradient_diagnostics', 'gram', 'hyperparameters', 'jacobian', 'names',
-    'optax_after_step', 'register', 'rows', 'solvers', 'task_gradients', 'weighted_sum',
+    'Combined', 'EMAState', 'EngineOutput', 'LossFns', 'Needs', 'OptionError', 'Options',
+    'Weighting', 'WeightingInputs', 'WeightingResult', 'WeightingState', 'after_step',
+    'as_optax', 'combine', 'ema', 'get', 'gradient_diagnostics', 'gram', 'grouped',
+    'hyperparameters', 'jacobian', 'log_losses', 'names', 'normalize', 'optax_after_step',
+    'register', 'rows', 'solvers', 'task_gradients', 'weighted_sum',
 ] + sorted(_BUILDERS)

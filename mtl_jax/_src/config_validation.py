@@ -135,6 +135,14 @@ def _check_weighting_and_optim(c) -> None:
   _require(c.weighting.head_grads in ('default', 'weighted', 'unweighted'),
            'config.weighting.head_grads', "must be 'default', 'weighted' or 'unweighted'",
            c.weighting.head_grads)
+  _require(c.weighting.normalize in ('none', 'l2', 'loss', 'loss+'), 'config.weighting.normalize',
+           "must be 'none', 'l2', 'loss' or 'loss+'", c.weighting.normalize)
+  _require(type(c.weighting.log_losses) is bool, 'config.weighting.log_losses',
+           'must be True or False', c.weighting.log_losses)
+  _require(isinstance(c.weighting.groups, str), 'config.weighting.groups',
+           "must be '' (off), 'leaf' or comma-separated regular expressions", c.weighting.groups)
+  _require(0 <= c.weighting.ema < 1, 'config.weighting.ema', 'must be in [0, 1) (0: off)',
+           c.weighting.ema)
   o = c.optim
   _require(bool(registry.optimizer_parameters(o.name)), 'config.optim.name',
            'must name an optax optimizer taking a learning_rate (adam, adamw, sgd, lion, ...)',

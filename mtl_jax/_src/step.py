@@ -22,6 +22,7 @@ import optax
 from mtl_jax._src.tasks import TaskSet
 from mtl_jax._src.objective import Objective, apply_model
 from mtl_jax._src.weighting import engine
+from mtl_jax._src.weighting.apply import init_state
 from mtl_jax._src.weighting.base import Weighting
 from mtl_jax._src.weighting.diagnostics import gradient_diagnostics
 
@@ -70,7 +71,7 @@ def init_train_state(model: nn.Module, tasks: TaskSet, optimizer: optax.Gradient
       params=params,
       model_state=variables,
       opt_state=optimizer.init(params),
-      weighting_state=weighting.init(len(tasks)),
+      weighting_state=init_state(weighting, len(tasks), params['shared']),
       rng=rng,
       num_rejected=jnp.zeros((), jnp.int32))
   # Every leaf its own buffer: an init that reuses one array for two fields would otherwise
@@ -134,6 +135,9 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
     rng, dropout_rng, weighting_rng = jax.random.split(state.rng, 3)
     applied = state.step - state.num_rejected
     fns = objective.bind(state.params, state.model_state, batch, dropout_rng)
+    if weighting.sub_batches > 1:     # k independent sub-batches (MoDo, SDMGrad)
+      bind = lambda part, r: objective.bind(state.params, state.model_state, part, r)
+      fns = engine.sub_batch_fns(bind, batch, weighting.sub_batches, dropout_rng)
     out = engine.task_gradients(weighting, state.params, state.weighting_state, weighting_rng,
                                 applied, fns, options)
 
@@ -154,7 +158,9 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
     metrics = {
         'losses': out.losses,
         'weights': out.weights,
-        'loss': jnp.sum(out.weights * out.losses) + (jnp.sum(jnp.stack(aux)) if aux else 0.0),
+        # a direct method without coefficients (NaN weights, e.g. a trimmed mean): sum_t L_t
+        'loss': (jnp.sum(jnp.where(jnp.isnan(out.weights), 1, out.weights) * out.losses)
+                 + (jnp.sum(jnp.stack(aux)) if aux else 0.0)),
         **norms,
         'lr': jnp.asarray(schedule(applied) if schedule is not None else jnp.nan, jnp.float32),
         'rejected': rejected,

@@ -26,7 +26,7 @@ from mtl_jax._src.config_validation import ConfigError
 from mtl_jax._src.step import (TrainState, evaluate, init_train_state, jit_train_step,
                                make_eval_step, make_train_step)
 from mtl_jax._src.tasks import TaskSet
-from mtl_jax._src.weighting import engine
+from mtl_jax._src.weighting import engine, transforms
 from mtl_jax._src.weighting.base import Weighting
 from mtl_jax._src.writers import MetricWriter, NonFiniteLossError, print_table
 
@@ -99,16 +99,41 @@ def build_weighting(config, tasks: TaskSet, steps_per_epoch: int) -> Weighting:
   """The method ``config.weighting.name`` with ``config.weighting.<name>``.  Two run values
   fill options the config leaves open: ``steps_per_epoch=0`` becomes the data's epoch, and a
   per-task ``weights`` vector may be keyed by task name."""
-  name = config.weighting.name
-  hparams = {k: v for k, v in _options(config.weighting[name]).items() if v is not None}
+  w = config.weighting
+  name = w.name
+  hparams = {k: v for k, v in _options(w[name]).items() if v is not None}
   if hparams.get('steps_per_epoch') == 0:
     hparams['steps_per_epoch'] = steps_per_epoch
+  if 'base_hparams' in registry.WEIGHTINGS.defaults(name) and 'base_hparams' not in hparams:
+    # a wrapper (cr_mogm): its base method's options come from that method's own block
+    base = hparams.get('base', registry.WEIGHTINGS.defaults(name).get('base'))
+    if base in w:
+      hparams['base_hparams'] = {k: v for k, v in _options(w[base]).items() if v is not None}
   try:
     if 'weights' in hparams:
       hparams['weights'] = tasks.vector(hparams['weights'], 'weights')
-    return registry.WEIGHTINGS.build(name, **hparams)
+    method = registry.WEIGHTINGS.build(name, **hparams)
   except (TypeError, ValueError) as e:
     raise ConfigError(f'config.weighting.{name}: {e}') from None
+  return _transformed(method, w)
+
+
+def _transformed(method: Weighting, w) -> Weighting:
+  """``method`` under the transforms ``config.weighting`` turns on, in the order normalize,
+  log_losses, groups, ema; a transform that cannot wrap it raises ``ConfigError``."""
+  groups = w.groups if w.groups in ('', 'leaf') else tuple(
+      p.strip() for p in w.groups.split(',') if p.strip())
+  steps = (('normalize', w.normalize != 'none', lambda m: transforms.normalize(m, w.normalize)),
+           ('log_losses', w.log_losses, transforms.log_losses),
+           ('groups', bool(groups), lambda m: transforms.grouped(m, groups)),
+           ('ema', w.ema > 0, lambda m: transforms.ema(m, w.ema)))
+  for field, enabled, transform in steps:
+    if enabled:
+      try:
+        method = transform(method)
+      except (TypeError, ValueError) as e:
+        raise ConfigError(f'config.weighting.{field}: {e}') from None
+  return method
 
 
 def make_workdir(workdir: str) -> None:
@@ -183,6 +208,11 @@ def build(config, workdir: str) -> Run:
   except ValueError as e:
     raise ConfigError(f'config.train.batch_size: {e}') from None
   method = build_weighting(config, dataset.tasks, iterator.batches_per_epoch)
+  k = method.sub_batches
+  if config.train.batch_size % k:
+    raise ConfigError(f'config.train.batch_size: weighting {method.name!r} splits every batch '
+                      f'into {k} independent sub-batches, so it must be divisible by {k}, got '
+                      f'{config.train.batch_size}')
   return Run(config, workdir, dataset, model, optimizer, schedule, method, mesh, iterator,
              checkpointer)
 

@@ -162,22 +162,28 @@ def mtl_value_and_grad(losses_fn: Optional[Callable], method: Weighting, *, shar
     combine.check_key(method, key, 'mtl_value_and_grad')
     split, merge = _split(params, _mask_leaves(shared, params))
 
-    def all_losses(p):
+    def all_losses(p, batch_args=args):
       if losses_fn is not None:
-        return _checked_losses(losses_fn(p, *args, **kwargs), has_aux)
-      return _checked_losses(heads_fn(representation_fn(p, *args, **kwargs), p, *args,
-                                      **kwargs), False)
+        return _checked_losses(losses_fn(p, *batch_args, **kwargs), has_aux)
+      return _checked_losses(heads_fn(representation_fn(p, *batch_args, **kwargs), p,
+                                      *batch_args, **kwargs), False)
 
     num = jax.eval_shape(lambda p: all_losses(p)[0], params).shape[0]
     engine.check(method, num, options, splits=uses_split)
-    state = combine.check_state(method, state, num, 'mtl_value_and_grad')
+    state = combine.check_state(method, state, num, 'mtl_value_and_grad', split['shared'])
 
-    def full(p):
-      losses, aux = all_losses(merge(p['shared'], p['task']))
-      return losses, {}, aux
+    def full_of(batch_args):
+      def full(p):
+        losses, aux = all_losses(merge(p['shared'], p['task']), batch_args)
+        return losses, {}, aux
+      return full
 
+    full = full_of(args)
     fns = engine.LossFns(full)
-    if uses_split:
+    if method.sub_batches > 1:   # k sub-batches: every positional argument split on axis 0
+      fns = engine.sub_batch_fns(lambda part, rng: engine.LossFns(full_of(part)), args,
+                                 method.sub_batches)
+    elif uses_split:
       trunk, heads = _representation_fns(representation_fn, heads_fn, merge, num, args, kwargs,
                                          stacked_heads)
       fns = engine.LossFns(full, trunk=lambda s: trunk(s, split['task']),

@@ -72,6 +72,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.weighting.mode = 'auto'           # 'auto' (exact, cheapest), 'param', 'gram' or 'rep'
   c.weighting.chunk_size = 0          # tasks per Jacobian chunk; 0: all at once
   c.weighting.head_grads = 'default'  # 'default' (the method's), 'weighted', 'unweighted'
+  # Transforms of the method, applied in this order (mtl_jax.weighting.normalize, ...):
+  c.weighting.normalize = 'none'      # gradients / n_t first: 'none', 'l2', 'loss', 'loss+'
+  c.weighting.log_losses = False      # the method on log L_t (and grad L_t / L_t)
+  c.weighting.groups = ''             # per parameter group: '' (off), 'leaf', or regexes
+                                      # on parameter paths, comma-separated
+  c.weighting.ema = 0.0               # EMA rate of the weights (CR-MOGM's); 0: off
   for name in registry.WEIGHTINGS.names():  # one block per method, its builder's defaults
     c.weighting[name] = block(registry.WEIGHTINGS, name)
 

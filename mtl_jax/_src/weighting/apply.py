@@ -24,11 +24,31 @@ class MethodOutput(NamedTuple):
   state: PyTree                   # the method's new state
   aux: dict                       # the method's own diagnostics ({name: scalar})
   gram: Optional[jax.Array]       # [num, num] G = J J^T for GRAM/JACOBIAN methods, else None
+  direction: Optional[PyTree] = None  # a ``direct`` method's direction, else None
+
+
+def init_state(method: Weighting, num: int, shared: PyTree = None) -> PyTree:
+  """``method.init(num)``, or ``method.init(num, shared)`` for a method whose state is sized
+  by the shared parameters (``shared``: their pytree, arrays or ``jax.ShapeDtypeStruct``).
+
+  Raises:
+    ValueError: if such a method gets ``shared=None``.
+  """
+  if not method.state_like_params:
+    return method.init(num)
+  if shared is None:
+    raise ValueError(f'weighting {method.name!r} keeps vectors the size of the shared '
+                     'parameters: its state is method.init(num_tasks, shared) with shared '
+                     'the shared parameters (or one task row of the Jacobian)')
+  return method.init(num, shared)
 
 
 def run_method(method: Weighting, losses: jax.Array, step, jacobian: Optional[PyTree], state,
-               key: Optional[jax.Array], num: int, gram_matrix: Optional[jax.Array] = None):
-  """The method on ``num`` tasks: ``MethodOutput(weights [num], state, aux, gram)``.
+               key: Optional[jax.Array], num: int, gram_matrix: Optional[jax.Array] = None,
+               representation: Optional[PyTree] = None, params: Optional[PyTree] = None,
+               loss_fn=None):
+  """The method on ``num`` tasks: ``MethodOutput(weights [num], state, aux, gram,
+  direction)``.
 
   Builds ``WeightingInputs`` (losses as constants, G = J J^T for GRAM/JACOBIAN methods, J for
   JACOBIAN methods), runs ``method.update`` and stops gradients through alpha.
@@ -43,23 +63,36 @@ def run_method(method: Weighting, losses: jax.Array, step, jacobian: Optional[Py
     num: the number of tasks.
     gram_matrix: G when the caller has it without a Jacobian (the engine's Gramian mode;
       ``jacobian`` is then None and the method a GRAM method).
+    representation: z, when the rows are gradients of the representation (mode 'rep').
+    params, loss_fn: for a ``bilevel`` method, the params and ``params -> losses [num]``.
 
   Raises:
-    ValueError: if the method returns weights that are not ``[num]``.
+    ValueError: if the method returns weights that are not ``[num]``, or a ``direct`` method
+      no direction.
   """
+  if method.bilevel and loss_fn is None:
+    raise ValueError(f'weighting {method.name!r} is bilevel: it steps the parameters on the '
+                     "batch's loss function, which only the train step, task_gradients and "
+                     'mtl_value_and_grad can give it (not combine or as_optax)')
   needs_grads = method.needs in (Needs.GRAM, Needs.JACOBIAN)
   g = gram_matrix
   if g is None and needs_grads:
     g = gram(jacobian, num)
   inputs = WeightingInputs(losses=jax.lax.stop_gradient(losses),
                            step=jnp.asarray(step, jnp.int32), gram=g,
-                           jacobian=jacobian if method.needs is Needs.JACOBIAN else None)
+                           jacobian=jacobian if method.needs is Needs.JACOBIAN else None,
+                           representation=representation, params=params, loss_fn=loss_fn)
   result = method.update(inputs, state, key)
   weights = jax.lax.stop_gradient(result.weights)
   if weights.shape != (num,):
     raise ValueError(f'weighting {method.name!r} returned weights of shape {weights.shape} '
                      f'for {num} tasks')
-  return MethodOutput(weights, result.state, dict(result.aux or {}), g)
+  if method.direct and result.direction is None:
+    raise ValueError(f'weighting {method.name!r} is direct but returned no direction')
+  direction = None
+  if method.direct:
+    direction = jax.tree.map(jax.lax.stop_gradient, result.direction)
+  return MethodOutput(weights, result.state, dict(result.aux or {}), g, direction)
 
 
 def all_finite(*trees) -> jax.Array:

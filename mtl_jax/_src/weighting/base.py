@@ -7,10 +7,26 @@ A method is a pair of pure functions, in the style of ``optax.GradientTransforma
 
 and declares what it ``needs`` from the engine: loss values only, the Gram matrix
 G = J J^T, the per-task Jacobian J (task-stacked gradients of the shared parameters), or
-per-task gradients w.r.t. the shared representation.  Every method is linear in the
-gradients: it returns coefficients alpha [T], and the engine forms the shared-parameter
+per-task gradients w.r.t. the shared representation.  Most methods are linear in the
+gradients: they return coefficients alpha [T], and the engine forms the shared-parameter
 direction d = alpha^T J (one vector-Jacobian product with cotangent alpha, or a contraction
-of the J in hand).
+of the J in hand).  A ``direct`` method returns d itself (``WeightingResult.direction``): one
+that is not linear in J (GradDrop, a trimmed mean) or combines other vectors (MoCo's tracked
+gradients).
+
+Two more things a method may declare:
+
+* ``state_like_params``: its state holds vectors of the shared parameters' size (MoCo's
+  tracked Jacobian, ExcessMTL's accumulated squares), so ``init`` takes them:
+  ``init(num_tasks, shared)`` with ``shared`` any pytree of the shared parameters (or of
+  ``jax.ShapeDtypeStruct``), which fixes P, their total size.
+* ``bilevel``: it differentiates through a virtual parameter step on the batch's loss
+  function (``WeightingInputs.loss_fn``, ``params``), which only the engine has.
+* ``sub_batches`` = k > 1: it needs the gradients of k independent sub-batches (MoDo,
+  SDMGrad).  The batch is split into k equal parts along its leading axis; the method sees
+  k * T losses and rows, sub-batch major (row b * T + t: task t on sub-batch b), G of all
+  k * T rows (its off-diagonal blocks are the cross-batch products J_b J_c^T), and returns
+  k * T weights: d = sum_{b, t} alpha_{b t} g_{b t}.
 """
 
 import dataclasses
@@ -40,16 +56,22 @@ class WeightingInputs(NamedTuple):
   step: jax.Array                    # scalar int, number of updates so far
   gram: Optional[jax.Array] = None   # [T, T]
   jacobian: Optional[PyTree] = None  # task-stacked pytree, leaves [T, ...]
+  representation: Optional[PyTree] = None  # z, in engine mode 'rep' only (rows dL_t/dz)
+  params: Optional[PyTree] = None    # bilevel methods: the params {'shared', 'task'} ...
+  loss_fn: Optional[Callable] = None  # ... and params -> the losses on this batch ([k T])
 
 
 class WeightingResult(NamedTuple):
   """A method's output: coefficients alpha [T], its new state, optional scalars to log.
 
-  ``aux`` is None or a dict of scalars (read it as ``result.aux or {}``).
+  ``aux`` is None or a dict of scalars (read it as ``result.aux or {}``).  ``direction``:
+  a ``direct`` method's combined direction, shaped like one row of the Jacobian (then
+  ``weights`` are only reported: NaN where no coefficients exist); None otherwise.
   """
   weights: jax.Array
   state: PyTree
   aux: Optional[dict] = None
+  direction: Optional[PyTree] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +93,18 @@ class Weighting:
       (which the train step uses: it skips non-finite losses); ``combine`` and ``as_optax``
       require an explicit ``after_step=`` mode for such a method.
     random: whether ``update`` reads ``key`` (then a key is required).
+    direct: ``update`` returns the direction itself (``WeightingResult.direction``); needs
+      the Jacobian; task-specific parameters then get unweighted gradients.
+    state_like_params: ``init`` is ``(num_tasks, shared) -> state``, its state sized by the
+      shared parameters ``shared`` (a pytree of arrays or ``jax.ShapeDtypeStruct``).
+    sub_batches: the number k of independent sub-batches whose gradients it reads (1: the
+      batch as it is).
+    bilevel: ``update`` reads ``inputs.params`` and ``inputs.loss_fn`` (the batch's loss
+      function, for a virtual parameter step: Auto-Lambda, MOML, FORUM); only the engine
+      (train step, ``task_gradients``, ``mtl_value_and_grad``) can supply them.
+    head_scale: optional ``losses [T] -> [T]``: the per-task factor of the unweighted
+      task-specific gradients (``1 / L_t`` when the method works on log-losses, whose
+      gradients are grad L_t / L_t); None: 1.
   """
   name: str
   needs: Needs
@@ -80,3 +114,8 @@ class Weighting:
   min_tasks: int = 1
   after_step: Optional[Callable[[PyTree, jax.Array, jax.Array], PyTree]] = None
   random: bool = False
+  direct: bool = False
+  state_like_params: bool = False
+  sub_batches: int = 1
+  head_scale: Optional[Callable[[jax.Array], jax.Array]] = None
+  bilevel: bool = False

@@ -41,14 +41,22 @@ class Combined(NamedTuple):
   finite: jax.Array
 
 
-def check_num_tasks(method: Weighting, num: int, losses_shape) -> None:
-  """Raises ``ValueError`` unless there are ``num`` >= ``method.min_tasks`` losses."""
+def check_num_tasks(method: Weighting, num: int, losses_shape) -> int:
+  """The number of tasks T of ``num`` rows (k * T for a method reading k sub-batches).
+
+  Raises ``ValueError`` unless there are ``num`` losses, a multiple of k, and T >=
+  ``method.min_tasks``."""
   if tuple(losses_shape) != (num,):
     raise ValueError(f'weighting {method.name!r}: the Jacobian has {num} task rows but the '
                      f'losses have shape {tuple(losses_shape)}')
-  if num < method.min_tasks:
+  k = method.sub_batches
+  if num % k:
+    raise ValueError(f'weighting {method.name!r} reads {k} sub-batches: pass k * T rows '
+                     f'(row b * T + t: task t on sub-batch b), got {num} rows')
+  if num // k < method.min_tasks:
     raise ValueError(f'weighting {method.name!r} needs at least {method.min_tasks} tasks, '
-                     f'got {num}')
+                     f'got {num // k}')
+  return num // k
 
 
 def check_key(method: Weighting, key: Optional[jax.Array], where: str) -> None:
@@ -79,18 +87,24 @@ def _shapes(tree):
   return jax.tree.map(lambda leaf: tuple(jnp.shape(leaf)), tree)
 
 
-def check_state(method: Weighting, state, num: int, where: str):
+def check_state(method: Weighting, state, num: int, where: str, shared=None):
   """``state``, or ``method.init(num)`` for a stateless method given None.
 
-  Raises ``ValueError`` if a stateful method (``init`` has leaves) gets None, or if the
-  state's structure or shapes differ from ``method.init(num)``'s."""
-  expected = jax.eval_shape(lambda: method.init(num))
+  ``shared``: the shared parameters (or one task row of the Jacobian), for a method whose state
+  is sized by them (``state_like_params``).  Raises ``ValueError`` if a stateful method
+  (``init`` has leaves) gets None, or if the state's structure or shapes differ from
+  ``method.init(num)``'s."""
+  init = lambda n: apply.init_state(method, n, shared)
+  call = f'method.init({num}{", shared" if method.state_like_params else ""})'
+  if method.state_like_params and shared is None and state is not None:
+    return state                     # no shapes to compare it with
+  expected = jax.eval_shape(lambda: init(num))
   if state is None:
     if jax.tree_util.tree_leaves(expected):
       raise ValueError(f'{where}: weighting {method.name!r} keeps state across updates; pass '
-                       f'state=method.init({num}) on the first call and the returned state '
+                       f'state={call} on the first call and the returned state '
                        'afterwards (state=None would restart it at every call)')
-    return method.init(num)
+    return init(num)
   if (jax.tree.structure(state) == jax.tree.structure(expected)
       and _shapes(state) == _shapes(expected)):
     return state
@@ -98,15 +112,15 @@ def check_state(method: Weighting, state, num: int, where: str):
                      if jnp.ndim(leaf)} - {num})
   for other in made_for:
     try:
-      guess = jax.eval_shape(lambda: method.init(other))  # pylint: disable=cell-var-from-loop
+      guess = jax.eval_shape(lambda: init(other))  # pylint: disable=cell-var-from-loop
     except (ValueError, TypeError):
       continue
     if jax.tree.structure(state) == jax.tree.structure(guess) and _shapes(state) == _shapes(
         guess):
       raise ValueError(f'{where}: the state of weighting {method.name!r} was made for {other} '
-                       f'tasks but there are {num}; pass state=method.init({num})')
+                       f'tasks but there are {num}; pass state={call}')
   raise ValueError(f'{where}: the state of weighting {method.name!r} does not match '
-                   f'method.init({num}) for {num} tasks: expected shapes {_shapes(expected)}, '
+                   f'{call} for {num} tasks: expected shapes {_shapes(expected)}, '
                    f'got {_shapes(state)}')
 
 
@@ -121,7 +135,9 @@ def combine(method: Weighting, jacobian, losses, *, state=None,
 
   Args:
     method: the weighting method.
-    jacobian: a ``[T, P]`` array or a task-stacked pytree (every leaf ``[T, ...]``).
+    jacobian: a ``[T, P]`` array or a task-stacked pytree (every leaf ``[T, ...]``); for a
+      method reading k sub-batches (``sub_batches``), k * T rows, sub-batch major (row
+      b * T + t: task t's gradient on sub-batch b), and k * T losses.
     losses: the ``[T]`` per-task losses.
     state: the method's state: ``method.init(T)`` on the first call, then the returned
       ``state``.  May be None only for a stateless method (``init`` has no leaves).
@@ -145,10 +161,13 @@ def combine(method: Weighting, jacobian, losses, *, state=None,
   losses = jnp.asarray(losses)
   jacobian = jax.tree.map(jnp.asarray, jacobian)    # NumPy input: methods index with tracers
   num = num_tasks(jacobian)
-  check_num_tasks(method, num, losses.shape)
-  state = check_state(method, state, num, 'combine')
-  weights, new_state, _, _ = apply.run_method(method, losses, step, jacobian, state, key, num)
-  direction = weighted_sum(jacobian, weights)
-  finite = apply.all_finite(losses, jacobian, weights, direction)
+  tasks = check_num_tasks(method, num, losses.shape)
+  row = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), jacobian)
+  state = check_state(method, state, tasks, 'combine', row)
+  weights, new_state, _, _, direction = apply.run_method(method, losses, step, jacobian, state,
+                                                         key, num)
+  direction = weighted_sum(jacobian, weights) if direction is None else direction
+  # A direct method's weights are only reported (NaN where it has none).
+  finite = apply.all_finite(losses, jacobian, direction, () if method.direct else weights)
   direction = jax.tree.map(lambda leaf: jnp.where(finite, leaf, jnp.nan), direction)
   return Combined(direction, weights, apply.keep_if(finite, new_state, state), finite)

@@ -81,12 +81,15 @@ class LossFns(NamedTuple):
       on T copies of the trunk's z.
     merge: ``(trunk state, heads state) -> model_state`` (with ``trunk`` and ``heads``).
     num_tasks: T (with ``trunk`` and ``heads``: the number of copies of z).
+    sub_batches: k: ``full`` returns the k * T losses of k equal sub-batches, sub-batch
+      major (``sub_batch_fns`` builds it), for a method with ``sub_batches`` = k.
   """
   full: Callable
   trunk: Optional[Callable] = None
   heads: Optional[Callable] = None
   merge: Optional[Callable] = None
   num_tasks: Optional[int] = None
+  sub_batches: int = 1
 
 
 class Options(NamedTuple):
@@ -164,14 +167,31 @@ def check(method: Weighting, num_tasks: int, options: Options, splits: bool) -> 
   if type(k) is not int or not 0 <= k <= num_tasks:
     raise OptionError('task_sampling', f'must be an integer in [0, {num_tasks}] (0: off), '
                       f'got {k!r}')
+  _check_method_kind(method, options)
   if 0 < k < num_tasks:
-    if jax.tree_util.tree_leaves(method.init(num_tasks)) or method.after_step is not None:
+    if (method.state_like_params or method.sub_batches > 1
+        or jax.tree_util.tree_leaves(method.init(num_tasks)) or method.after_step is not None):
       raise OptionError('task_sampling', f'weighting {method.name!r} keeps per-task state, '
                         'which has no meaning for a varying subset of tasks; use a stateless '
                         'method')
     if k < method.min_tasks:
       raise OptionError('task_sampling', f'weighting {method.name!r} needs at least '
                         f'{method.min_tasks} tasks per step, got {k}')
+
+
+def _check_method_kind(method: Weighting, options: Options) -> None:
+  """The rules of direct, parameter-sized-state and sub-batch methods."""
+  name = method.name
+  if method.direct and options.head_grads == 'weighted':
+    raise OptionError('head_grads', f"weighting {name!r} returns the direction itself, not "
+                      "per-task weights for the task-specific parameters: use 'unweighted'")
+  if method.state_like_params and options.mode == 'rep':
+    raise OptionError('mode', f"weighting {name!r} keeps vectors the size of the shared "
+                      "parameters; mode 'rep' gives it representation gradients: use 'param'")
+  if method.sub_batches > 1 and options.mode == 'rep':
+    raise OptionError('mode', f"weighting {name!r} reads the gradients of "
+                      f"{method.sub_batches} sub-batches; mode 'rep' has one representation: "
+                      "use 'param', 'gram' or 'auto'")
 
 
 def resolve_mode(method: Weighting, options: Options) -> str:
@@ -200,9 +220,19 @@ def _scatter(weights, subset, num):
   return jnp.zeros((num,), weights.dtype).at[subset].set(weights)
 
 
-def _active(subset, num, dtype):
-  """[T] ones on the sampled tasks (all tasks without a subset)."""
-  return _scatter(jnp.ones((num if subset is None else subset.shape[0],), dtype), subset, num)
+def _active(subset, num, dtype, scale=1.0):
+  """[T] ``scale`` on the sampled tasks (all tasks without a subset)."""
+  ones = jnp.full((num if subset is None else subset.shape[0],), scale, dtype)
+  return _scatter(ones, subset, num)
+
+
+def _unweighted(method, subset, losses, sub_batches):
+  """The cotangent of the unweighted task-specific gradients: 1 on the trained tasks (1/k
+  over k sub-batches' rows: the batch's mean gradient), times ``method.head_scale``."""
+  active = _active(subset, losses.shape[0], losses.dtype, 1 / sub_batches)
+  if method.head_scale is None:
+    return active
+  return active * jax.lax.stop_gradient(method.head_scale(losses)).astype(losses.dtype)
 
 
 def _with_aux(cotangent, aux_losses):
@@ -239,14 +269,70 @@ def task_gradients(method: Weighting, params, state, key, step, fns: LossFns,
   """
   if resolve_mode(method, options) != 'gram':     # 'auto' stays: Gramian where it pays
     options = options._replace(mode=resolve_mode(method, options))
+  k = method.sub_batches
+  if fns.sub_batches != k:
+    raise ValueError(f'weighting {method.name!r} reads {k} sub-batch(es) but the loss '
+                     f'functions give {fns.sub_batches} (build them with sub_batch_fns)')
   args = (method, params, state, key, step, fns, options, subset)
   if method.needs is Needs.LOSSES:
-    return _loss_only(*args)
-  if fns.trunk is not None and fns.heads is not None:
-    return _through_representation(*args)
-  if options.mode == 'rep':
+    out = _loss_only(*args)
+  elif fns.trunk is not None and fns.heads is not None and k == 1:
+    out = _through_representation(*args)
+  elif options.mode == 'rep':
     raise OptionError('mode', "'rep' needs loss functions with a trunk and heads")
-  return _whole_network(*args)
+  else:
+    out = _whole_network(*args)
+  return _fold_sub_batches(out, k) if k > 1 else out
+
+
+def _bilevel(method: Weighting, params, fns: LossFns) -> dict:
+  """``run_method``'s ``params`` and ``loss_fn`` (params -> [k T] task losses) for a bilevel
+  method; nothing for the others."""
+  if not method.bilevel:
+    return {}
+  return {'params': params, 'loss_fn': lambda p: fns.full(p)[0]}
+
+
+def _fold_sub_batches(out: EngineOutput, k: int) -> EngineOutput:
+  """The [T] view of k sub-batches' k * T rows: losses averaged (the batch's, for equal
+  sub-batches), weights summed over sub-batches, G of the batch gradients (1/k) sum_b g_bt."""
+  num = out.losses.shape[0] // k
+  g = out.gram
+  if g is not None:
+    g = g.reshape(k, num, k, num).sum((0, 2)) / k ** 2
+  return out._replace(losses=out.losses.reshape(k, num).mean(0),
+                      weights=out.weights.reshape(k, num).sum(0), gram=g)
+
+
+def sub_batch_fns(bind: Callable, batch, k: int, rng=None) -> LossFns:
+  """Loss functions of k equal sub-batches of ``batch``, for a method with ``sub_batches`` = k.
+
+  ``bind(part, rng) -> LossFns`` gives one part's loss functions.  The batch's leaves are split
+  along their leading axis into k parts (part b: rows b * B/k to (b + 1) * B/k - 1) and the
+  model runs on each part separately (``vmap``), with its own dropout key: the parts' per-task
+  losses are independent estimates, as MoDo and SDMGrad need.  ``full`` returns the k * T
+  losses, sub-batch major; auxiliary losses and the model's new floating-point state (batch
+  statistics) are averaged over the parts.
+
+  Raises:
+    ValueError: if a leaf's leading size is not a multiple of k.
+  """
+  for path, leaf in jax.tree_util.tree_leaves_with_path(batch):
+    if not jnp.ndim(leaf) or jnp.shape(leaf)[0] % k:
+      raise ValueError(f'the batch must split into {k} equal sub-batches: batch'
+                       f'{jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)}')
+  parts = jax.tree.map(lambda x: jnp.reshape(x, (k, x.shape[0] // k) + x.shape[1:]), batch)
+  keys = jax.random.split(rng, k) if rng is not None else jnp.zeros((k,))
+
+  def full(params):
+    one = lambda part, r: bind(part, r if rng is not None else None).full(params)
+    losses, aux, model_state = jax.vmap(one)(parts, keys)
+    mean = lambda x: (jnp.mean(x, 0).astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating)
+                      else x[0])
+    return (losses.reshape(-1), {n: jnp.mean(v) for n, v in aux.items()},
+            jax.tree.map(mean, model_state))
+
+  return LossFns(full, sub_batches=k)
 
 
 def _loss_only(method, params, state, key, step, fns, options, subset):
@@ -265,12 +351,12 @@ def _loss_only(method, params, state, key, step, fns, options, subset):
   losses = all_losses[:num]
   subset = _sample(key, num, options.task_sampling) if subset is None else subset
   picked = losses if subset is None else losses[subset]
-  weights, new_state, diagnostics, _ = _run(method, picked, step, None, state, key,
-                                            picked.shape[0])
+  weights, new_state, diagnostics = _run(method, picked, step, None, state, key,
+                                         picked.shape[0], **_bilevel(method, params, fns))[:3]
   weights = _scatter(weights, subset, num)
   (grads,) = vjp_fn(_with_aux(weights.astype(losses.dtype), aux_losses))
   if (options.head_grads or method.head_grads) == 'unweighted':
-    active = _with_aux(_active(subset, num, losses.dtype), aux_losses)
+    active = _with_aux(_unweighted(method, subset, losses, fns.sub_batches), aux_losses)
     grads = dict(grads, task=vjp_fn(active)[0]['task'])
   g = _occasional_gram(gram_of, num, len(aux_losses), losses.dtype, step, options)
   return EngineOutput(losses, aux_losses, grads, weights, new_state, model_state, diagnostics,
@@ -327,8 +413,9 @@ def _whole_network(method, params, state, key, step, fns, options, subset):
   weighted = (options.head_grads or method.head_grads) == 'weighted'
   gram_of = _gram_of(r, options, used)
   if gram_of is not None:
-    weights, new_state, diagnostics, g = _run(method, picked, step, None, state, key, used,
-                                              gram_of(cotangents))
+    weights, new_state, diagnostics, g, _ = _run(method, picked, step, None, state, key,
+                                                 used, gram_of(cotangents),
+                                                 **_bilevel(method, params, fns))
     weights = _scatter(weights, subset, num)
     shared, task = vjp_fn(_with_aux(weights.astype(losses.dtype), aux_losses))
   else:
@@ -338,14 +425,18 @@ def _whole_network(method, params, state, key, step, fns, options, subset):
     jac = rows(vjp_fn, cotangents, chunk_size=options.chunk_size, argnum=0)
     aux_grad = jax.tree.map(lambda leaf: leaf[used], jac) if num_aux else None
     jac = jax.tree.map(lambda leaf: leaf[:used], jac) if num_aux else jac
-    weights, new_state, diagnostics, g = _run(method, picked, step, jac, state, key, used)
-    shared = weighted_sum(jac, weights.astype(losses.dtype))
+    weights, new_state, diagnostics, g, direction = _run(method, picked, step, jac, state,
+                                                         key, used,
+                                                         **_bilevel(method, params, fns))
+    shared = (weighted_sum(jac, weights.astype(losses.dtype)) if direction is None
+              else direction)
     if aux_grad is not None:
       shared = jax.tree.map(jnp.add, shared, aux_grad)
     weights = _scatter(weights, subset, num)
     task = vjp_fn(_with_aux(weights.astype(losses.dtype), aux_losses))[1] if weighted else None
   if not weighted:
-    task = vjp_fn(_with_aux(_active(subset, num, losses.dtype), aux_losses))[1]
+    active = _unweighted(method, subset, losses, fns.sub_batches)
+    task = vjp_fn(_with_aux(active, aux_losses))[1]
   return EngineOutput(losses, aux_losses, {'shared': shared, 'task': task}, weights,
                       new_state, model_state, diagnostics, scatter_gram(g, subset, num))
 
@@ -361,14 +452,16 @@ def _through_representation(method, params, state, key, step, fns, options, subs
   subset = _sample(key, num, options.task_sampling) if subset is None else subset
   # Rows dL_t/dz [T, *z.shape] (zero for tasks not sampled), then the sampled rows [k, ...].
   rep_jac, unweighted_task = head_vjp(_active(subset, num, losses.dtype))
+  if method.head_scale is not None:
+    unweighted_task = head_vjp(_unweighted(method, subset, losses, 1))[1]
   if subset is not None:
     rep_jac = jax.tree.map(lambda leaf: leaf[subset], rep_jac)
   used = num if subset is None else subset.shape[0]
   picked = losses if subset is None else losses[subset]
   gram_of = _gram_of(r, options, used)
   if gram_of is not None:
-    weights, new_state, diagnostics, g = _run(method, picked, step, None, state, key, used,
-                                              gram_of(rep_jac))
+    weights, new_state, diagnostics, g, _ = _run(method, picked, step, None, state, key,
+                                                 used, gram_of(rep_jac))
     shared = pull(weighted_sum(rep_jac, weights.astype(losses.dtype)))
   else:
     jac = rep_jac
@@ -376,8 +469,11 @@ def _through_representation(method, params, state, key, step, fns, options, subs
       chunk = options.chunk_size
       jac = (jax.vmap(pull)(rep_jac) if chunk is None or chunk >= used
              else jax.lax.map(pull, rep_jac, batch_size=chunk))
-    weights, new_state, diagnostics, g = _run(method, picked, step, jac, state, key, used)
-    combined = weighted_sum(jac, weights.astype(losses.dtype))
+    rep = z if options.mode == 'rep' else None
+    weights, new_state, diagnostics, g, direction = _run(method, picked, step, jac, state,
+                                                         key, used, representation=rep)
+    combined = (weighted_sum(jac, weights.astype(losses.dtype)) if direction is None
+                else direction)
     shared = combined if options.mode != 'rep' else pull(combined)
   weights = _scatter(weights, subset, num)
   task = (head_vjp(weights.astype(losses.dtype))[1]

@@ -8,6 +8,8 @@ For losses L: theta -> R^T, one forward pass and a VJP give every row of the Jac
 J is a *task-stacked* pytree: every leaf has a leading axis of size T.
 """
 
+import itertools
+import math
 from typing import Callable, Optional
 
 import jax
@@ -67,3 +69,25 @@ def weighted_sum(jacobian, weights: jax.Array):
   """d = J^T alpha = sum_t alpha_t g_t, a pytree shaped like one task's gradient."""
   return jax.tree.map(lambda leaf: jnp.tensordot(weights.astype(leaf.dtype), leaf, axes=1),
                       jacobian)
+
+
+def flatten(jacobian) -> jax.Array:
+  """The task-stacked ``jacobian`` as one ``[T, P]`` matrix (leaves in pytree order, each
+  row-major), for methods that keep parameter-sized vectors (``unflatten`` inverts it)."""
+  leaves = jax.tree_util.tree_leaves(jacobian)
+  t = num_tasks(jacobian)
+  return jnp.concatenate([jnp.reshape(leaf, (t, -1)) for leaf in leaves], axis=1)
+
+
+def unflatten(vector: jax.Array, jacobian):
+  """A ``[P]`` vector as a pytree shaped like one task row of ``jacobian`` (its dtypes)."""
+  leaves, treedef = jax.tree.flatten(jacobian)
+  sizes = [math.prod(leaf.shape[1:]) for leaf in leaves]
+  parts = jnp.split(vector, list(itertools.accumulate(sizes))[:-1]) if leaves else []
+  return jax.tree.unflatten(treedef, [p.reshape(leaf.shape[1:]).astype(leaf.dtype)
+                                      for p, leaf in zip(parts, leaves)])
+
+
+def size(shared) -> int:
+  """P: the total number of entries of the pytree ``shared`` (arrays or ShapeDtypeStructs)."""
+  return sum(math.prod(jnp.shape(leaf)) for leaf in jax.tree_util.tree_leaves(shared))

@@ -76,6 +76,14 @@ def as_optax(method: Weighting, num_tasks: int, key: Optional[jax.Array] = None,
       ``after_step`` is missing or unknown; at trace time, if the updates do not have T task
       rows or the losses are not [T].
   """
+  if method.bilevel:
+    raise ValueError(f'weighting {method.name!r} is bilevel: it steps the parameters on the '
+                     "batch's loss function, which as_optax does not see: use the train step "
+                     'or mtl_value_and_grad')
+  if method.sub_batches > 1:
+    raise ValueError(f'weighting {method.name!r} reads the gradients of {method.sub_batches} '
+                     'sub-batches per update; as_optax sees one task-stacked update: use '
+                     'combine with the k * T rows, or the train step')
   if type(num_tasks) is not int or num_tasks < method.min_tasks:
     raise ValueError(f'weighting {method.name!r} needs at least {method.min_tasks} tasks, '
                      f'got num_tasks={num_tasks!r}')
@@ -84,9 +92,9 @@ def as_optax(method: Weighting, num_tasks: int, key: Optional[jax.Array] = None,
   where = f'as_optax(weighting {method.name!r}, num_tasks={num_tasks})'
 
   def init_fn(params):
-    del params
     nan = jnp.full((num_tasks,), jnp.nan, jnp.float32)
-    return WeightingState(method.init(num_tasks), jax.random.PRNGKey(0) if key is None else key,
+    method_state = apply.init_state(method, num_tasks, params)
+    return WeightingState(method_state, jax.random.PRNGKey(0) if key is None else key,
                           jnp.zeros((), jnp.int32), jnp.zeros((num_tasks,), jnp.float32), nan,
                           jnp.zeros((), jnp.int32))
 
@@ -97,7 +105,8 @@ def as_optax(method: Weighting, num_tasks: int, key: Optional[jax.Array] = None,
     if rows != num_tasks or losses.shape != (num_tasks,):
       raise ValueError(f'{where}: got updates with {rows} task rows and losses of shape '
                        f'{losses.shape}, expected {num_tasks} and ({num_tasks},)')
-    method_state = check_state(method, state.method_state, num_tasks, where)
+    row = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), updates)
+    method_state = check_state(method, state.method_state, num_tasks, where, row)
     if after_step == 'next_batch':
       method_state = apply.after_step(method, method_state, state.losses, losses)
     step_key, next_key = jax.random.split(state.key)

@@ -1,0 +1,62 @@
+"""Trimmed mean: the coordinate-wise mean of the task gradients without their extremes."""
+
+import jax
+import jax.numpy as jnp
+
+from mtl_jax._src import registry
+from mtl_jax._src.weighting.base import Needs, Weighting, WeightingResult
+
+
+@registry.WEIGHTINGS.register('trimmed_mean')
+def trimmed_mean(trim_number: int = 1) -> Weighting:
+  """Coordinate-wise trimmed mean of the task gradients (a Byzantine-robust aggregator).
+
+  Yin, Chen, Ramchandran and Bartlett (2018), "Byzantine-Robust Distributed Learning:
+  Towards Optimal Statistical Rates", ICML 2018.
+
+  For each coordinate j, sort the T values g_1j, ..., g_Tj, drop the k = ``trim_number``
+  largest and the k smallest and average the T - 2k others:
+
+      d_j = (1 / (T - 2k)) sum_{i = k+1}^{T-k} g_(i)j      (g_(1)j <= ... <= g_(T)j).
+
+  It needs T >= 2k + 1 tasks (a ``ValueError`` naming ``trim_number`` otherwise, when the
+  method is initialised or traced).  k = 0 is the mean of the rows.  d is not a combination
+  alpha^T J (``direct``: the reported weights are NaN).  Task-specific parameters get
+  unweighted gradients.  Stateless.  The name is TorchJD's, which has no default; the default
+  k = 1 is the least trimming that discards anything.
+
+  Args:
+    trim_number: k, the number of largest and of smallest values dropped per coordinate
+      (an integer >= 0).
+
+  Returns:
+    The ``Weighting`` (direct, stateless).
+  """
+  if type(trim_number) is not int or trim_number < 0:  # pylint: disable=unidiomatic-typecheck
+    raise ValueError(f'trimmed_mean: trim_number must be an integer >= 0, got '
+                     f'{trim_number!r}')
+
+  def check(num):
+    if num < 2 * trim_number + 1:
+      raise ValueError(f'trimmed_mean: trim_number={trim_number} needs at least '
+                       f'{2 * trim_number + 1} tasks (2 * trim_number + 1), got {num}')
+
+  def init(num_tasks):
+    check(num_tasks)
+    return ()
+
+  def update(inputs, state, key):
+    del key
+    num = inputs.losses.shape[0]
+    check(num)
+
+    def trim(leaf):
+      kept = jnp.sort(leaf, axis=0)[trim_number:num - trim_number]
+      wide = jnp.result_type(jnp.float32, leaf.dtype)
+      return jnp.mean(kept.astype(wide), axis=0).astype(leaf.dtype)
+
+    direction = jax.tree.map(trim, inputs.jacobian)
+    return WeightingResult(jnp.full((num,), jnp.nan, jnp.float32), state, direction=direction)
+
+  return Weighting('trimmed_mean', Needs.JACOBIAN, init=init, update=update,
+                   head_grads='unweighted', direct=True)
