@@ -27,6 +27,7 @@ from mtl_jax._src.step import (TrainState, evaluate, init_train_state, jit_train
                                make_eval_step, make_train_step)
 from mtl_jax._src.tasks import TaskSet
 from mtl_jax._src.weighting import engine, transforms
+from mtl_jax._src.weighting.apply import init_state
 from mtl_jax._src.weighting.base import Weighting
 from mtl_jax._src.writers import MetricWriter, NonFiniteLossError, print_table
 
@@ -95,20 +96,29 @@ def build_optimizer(config):
   return tx, schedule
 
 
+def _method_options(name: str, block) -> dict:
+  """The set options of ``config.weighting.<name>``; a 1-tuple where the builder's default
+  is a number (a scalar-or-per-task option, see ``configs.default.block``) is that number."""
+  defaults = registry.WEIGHTINGS.defaults(name)
+  scalar = lambda k, v: (isinstance(v, tuple) and len(v) == 1 and not isinstance(
+      defaults.get(k), bool) and isinstance(defaults.get(k), (int, float)))
+  return {k: v[0] if scalar(k, v) else v for k, v in _options(block).items() if v is not None}
+
+
 def build_weighting(config, tasks: TaskSet, steps_per_epoch: int) -> Weighting:
   """The method ``config.weighting.name`` with ``config.weighting.<name>``.  Two run values
   fill options the config leaves open: ``steps_per_epoch=0`` becomes the data's epoch, and a
   per-task ``weights`` vector may be keyed by task name."""
   w = config.weighting
   name = w.name
-  hparams = {k: v for k, v in _options(w[name]).items() if v is not None}
+  hparams = _method_options(name, w[name])
   if hparams.get('steps_per_epoch') == 0:
     hparams['steps_per_epoch'] = steps_per_epoch
   if 'base_hparams' in registry.WEIGHTINGS.defaults(name) and 'base_hparams' not in hparams:
     # a wrapper (cr_mogm): its base method's options come from that method's own block
     base = hparams.get('base', registry.WEIGHTINGS.defaults(name).get('base'))
     if base in w:
-      hparams['base_hparams'] = {k: v for k, v in _options(w[base]).items() if v is not None}
+      hparams['base_hparams'] = _method_options(base, w[base])
   try:
     if 'weights' in hparams:
       hparams['weights'] = tasks.vector(hparams['weights'], 'weights')
@@ -120,13 +130,15 @@ def build_weighting(config, tasks: TaskSet, steps_per_epoch: int) -> Weighting:
 
 def _transformed(method: Weighting, w) -> Weighting:
   """``method`` under the transforms ``config.weighting`` turns on, in the order normalize,
-  log_losses, groups, ema; a transform that cannot wrap it raises ``ConfigError``."""
+  log_losses, ema, groups (an EMA per parameter group: averaged weights of a grouped
+  method would not be coefficients of any one Jacobian); a transform that cannot wrap it
+  raises ``ConfigError``."""
   groups = w.groups if w.groups in ('', 'leaf') else tuple(
       p.strip() for p in w.groups.split(',') if p.strip())
   steps = (('normalize', w.normalize != 'none', lambda m: transforms.normalize(m, w.normalize)),
            ('log_losses', w.log_losses, transforms.log_losses),
-           ('groups', bool(groups), lambda m: transforms.grouped(m, groups)),
-           ('ema', w.ema > 0, lambda m: transforms.ema(m, w.ema)))
+           ('ema', w.ema > 0, lambda m: transforms.ema(m, w.ema)),
+           ('groups', bool(groups), lambda m: transforms.grouped(m, groups)))
   for field, enabled, transform in steps:
     if enabled:
       try:
@@ -213,8 +225,27 @@ def build(config, workdir: str) -> Run:
     raise ConfigError(f'config.train.batch_size: weighting {method.name!r} splits every batch '
                       f'into {k} independent sub-batches, so it must be divisible by {k}, got '
                       f'{config.train.batch_size}')
+  _check_weighting_init(method, config, dataset, model)
   return Run(config, workdir, dataset, model, optimizer, schedule, method, mesh, iterator,
              checkpointer)
+
+
+def _check_weighting_init(method: Weighting, config, dataset, model) -> None:
+  """Initialises the method's state in shapes only, so that what only the task count or the
+  shared parameters reveal (``trim_number`` too large for T, a ``groups`` pattern that
+  matches no parameter) is a ``ConfigError`` naming the field before any compilation."""
+  shared = None
+  if method.state_like_params:           # its state is shaped by the shared parameters
+    sample = data.take(dataset.split('train'), np.arange(config.train.batch_size))
+    key = jax.random.PRNGKey(0)
+    variables = jax.eval_shape(functools.partial(model.init, train=False),
+                               {'params': key, 'dropout': key}, sample['inputs'])
+    shared = variables['params'].get('shared', {})
+  try:
+    jax.eval_shape(lambda: init_state(method, len(dataset.tasks), shared))
+  except (TypeError, ValueError) as e:
+    field = 'groups' if str(e).startswith('grouped') else config.weighting.name
+    raise ConfigError(f'config.weighting.{field}: {e}') from None
 
 
 def init_or_restore(run: Run, pretrained: Optional[Callable[[], PyTree]] = None):

@@ -1,5 +1,6 @@
 """Every config key mtl_jax reads, with its default.  Experiment configs override these."""
 
+import collections.abc
 import inspect
 import typing
 
@@ -23,14 +24,23 @@ def _placeholder(annotation):
   return config_dict.placeholder(kind) if isinstance(kind, type) else None
 
 
+def _scalar_or_sequence(annotation) -> bool:
+  """``Union[float, Sequence[float]]``: one value for every task, or one per task."""
+  args = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Union else ()
+  return any(typing.get_origin(a) is collections.abc.Sequence for a in args)
+
+
 def block(reg: registry.Registry, name: str) -> ml_collections.ConfigDict:
   """The config block of component ``name``: its builder's keyword defaults (lists as
-  tuples; None as a placeholder typed by the annotation)."""
+  tuples; None as a placeholder typed by the annotation; a scalar default of a
+  scalar-or-sequence parameter as a 1-tuple, so that the command line can give a tuple)."""
   params = inspect.signature(reg.builder(name)).parameters
   values = {}
   for key, default in reg.defaults(name).items():
     if default is None:
       default = _placeholder(params[key].annotation)
+    elif isinstance(default, (int, float)) and _scalar_or_sequence(params[key].annotation):
+      default = (default,)
     values[key] = tuple(default) if isinstance(default, list) else default
   return ml_collections.ConfigDict(values)
 

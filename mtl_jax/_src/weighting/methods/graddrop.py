@@ -106,7 +106,11 @@ def graddrop(leak: Union[float, Sequence[float]] = 0.0,
     weights = jnp.full((num,), jnp.nan, jnp.float32)
     return WeightingResult(weights, state, direction=jax.tree.unflatten(treedef, out))
 
-  return Weighting('graddrop', Needs.JACOBIAN, init=lambda num_tasks: (), update=update,
+  def init(num_tasks):
+    leaks(num_tasks, jnp.float32)      # a per-task leak of the wrong length fails here
+    return ()
+
+  return Weighting('graddrop', Needs.JACOBIAN, init=init, update=update,
                    head_grads='unweighted', min_tasks=2, random=True, direct=True)
 
 
