@@ -148,3 +148,26 @@ def test_task_sampling_refuses_stateful_methods_and_bad_sizes():
     make_train_step(model, TASKS, optax.sgd(0.1), weighting.get('ew'), task_sampling=5)
   with pytest.raises(ValueError, match="needs at least 2 tasks per step, got 1"):
     make_train_step(model, TASKS, optax.sgd(0.1), weighting.get('mgda'), task_sampling=1)
+
+
+@pytest.mark.parametrize('name', ['con_fig', 'fairgrad', 'krum', 'trimmed_mean', 'cosmos',
+                                  'pbi'])
+def test_a_stateless_method_on_sampled_tasks_is_the_method_on_those_tasks_alone(name):
+  """Tasks (0, 2, 3) sampled: the shared gradient is what the method gives on those three
+  tasks' own gradients and losses (``combine`` on the rows), the weights of task 1 are 0."""
+  method = weighting.get(name)
+  assert method.init(NUM) == ()
+  subset = [0, 2, 3]
+  out, jac = _subset_run(method, subset)
+  model, batch = _model(), _batch()
+  params = jax.jit(model.init)(jax.random.PRNGKey(1), batch['inputs'])['params']
+  losses = jax.jit(lambda p: TASKS.losses(model.apply({'params': p}, batch['inputs']),
+                                          batch))(params)
+  rows = jax.tree.map(lambda j: j[np.array(subset)], jac['shared'])
+  expected = weighting.combine(method, rows, losses[np.array(subset)])
+  assert bool(expected.finite)
+  chex.assert_trees_all_close(out.grads['shared'], expected.direction, rtol=2e-4, atol=1e-6)
+  if not method.direct:
+    np.testing.assert_allclose(np.asarray(out.weights)[subset], expected.weights, rtol=2e-4,
+                               atol=1e-6)
+    assert float(out.weights[1]) == 0

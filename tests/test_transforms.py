@@ -557,9 +557,11 @@ def test_cr_mogm_is_ema_of_its_base(registered_probes):  # pylint: disable=redef
 
 def test_cr_mogm_rejects_bad_input(registered_probes):  # pylint: disable=redefined-outer-name
   del registered_probes
-  for base in ('nope', 'cr_mogm', 3):
+  for base in ('nope', 3):
     with pytest.raises(ValueError, match=r'cr_mogm: base must be the registry key'):
       W.get('cr_mogm', base=base)
+  with pytest.raises(ValueError, match=r"cr_mogm: base 'cr_mogm' is this wrapper itself"):
+    W.get('cr_mogm', base='cr_mogm')
   with pytest.raises(ValueError, match=r"cr_mogm: base '_test_direct' returns the "
                                        r'direction itself'):
     W.get('cr_mogm', base='_test_direct')

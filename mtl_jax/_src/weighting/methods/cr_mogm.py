@@ -39,7 +39,10 @@ def cr_mogm(base: str = 'mgda', alpha: float = 0.9,
     The ``Weighting`` (stateful; the base method's other properties).
   """
   names = registry.WEIGHTINGS.names()
-  if not isinstance(base, str) or base == 'cr_mogm' or base not in names:
+  if base == 'cr_mogm':
+    raise ValueError("cr_mogm: base 'cr_mogm' is this wrapper itself; it wraps another method "
+                     "(for an average of averaged weights use the 'ema' transform on top)")
+  if not isinstance(base, str) or base not in names:
     allowed = [n for n in names if n != 'cr_mogm']
     raise ValueError(f'cr_mogm: base must be the registry key of another weighting method, '
                      f'one of {allowed}, got {base!r}')
