@@ -39,6 +39,34 @@ def check_finite(method: str, name: str, value, *, minimum: Optional[float] = No
   return value
 
 
+def check_vector(method: str, name: str, value, *, scalar: bool = False, optional: bool = False,
+                 low: Optional[float] = None, high: Optional[float] = None):
+  """Returns ``value`` as a float64 NumPy vector (or a 0-d array where ``scalar``; None where
+  ``optional`` and ``value`` is None) if it is non-empty, finite and within [low, high].
+
+  Raises:
+    ValueError: naming the method and the hyperparameter, otherwise.
+  """
+  if value is None and optional:
+    return None
+  kind = ('a number or a sequence of numbers' if scalar else 'a sequence of numbers') + (
+      ' (or None)' if optional else '')
+  try:
+    array = np.asarray(value, dtype=np.float64)
+  except (TypeError, ValueError):
+    raise ValueError(f'{method}: {name} must be {kind}, got {value!r}') from None
+  if array.ndim > 1 or (array.ndim == 0 and not scalar) or array.size == 0:
+    raise ValueError(f'{method}: {name} must be {kind}, got shape {array.shape}')
+  if not np.all(np.isfinite(array)):
+    raise ValueError(f'{method}: {name} must be finite, got {array.tolist()}')
+  if (low is not None and np.any(array < low)) or (high is not None and np.any(array > high)):
+    bounds = f'[{low}, {high}]' if low is not None and high is not None else (
+        f'>= {low}' if low is not None else f'<= {high}')
+    raise ValueError(f'{method}: {name} must be {"in " if "[" in bounds else ""}{bounds}, '
+                     f'got {array.tolist()}')
+  return array
+
+
 def check_bool(method: str, name: str, value) -> bool:
   """Returns ``bool(value)`` if it is a Python or NumPy bool, else raises ``ValueError``."""
   if not isinstance(value, (bool, np.bool_)):

@@ -24,7 +24,6 @@ from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mtl_jax._src.weighting import checks
 from mtl_jax._src.weighting.base import Needs, Weighting, WeightingInputs, WeightingResult
@@ -154,19 +153,6 @@ class EMAState(NamedTuple):
   started: jax.Array       # scalar bool: weights holds lambda_{k-1} (else the next is hat)
 
 
-def _check_initial_weights(initial_weights) -> Optional[np.ndarray]:
-  if initial_weights is None:
-    return None
-  try:
-    values = np.asarray(initial_weights, dtype=np.float64)
-  except (TypeError, ValueError):
-    raise ValueError(f'ema: initial_weights must be None or a vector of numbers, got '
-                     f'{initial_weights!r}') from None
-  if values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values)):
-    raise ValueError(f'ema: initial_weights must be None or a non-empty finite vector, got '
-                     f'{values.tolist()}')
-  return values
-
 
 def ema(method: Weighting, alpha: float = 0.9,
         initial_weights: Optional[Sequence[float]] = None) -> Weighting:
@@ -207,7 +193,7 @@ def ema(method: Weighting, alpha: float = 0.9,
   alpha = checks.check_finite('ema', 'alpha', alpha, minimum=0.0)
   if alpha > 1:
     raise ValueError(f'ema: alpha must be <= 1.0, got {alpha}')
-  initial = _check_initial_weights(initial_weights)
+  initial = checks.check_vector('ema', 'initial_weights', initial_weights, optional=True)
   name = f'ema({method.name})'
 
   def init(num_tasks, *shared):

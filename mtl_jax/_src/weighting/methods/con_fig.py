@@ -3,23 +3,11 @@
 from typing import Optional, Sequence
 
 import jax.numpy as jnp
-import numpy as np
 
 from mtl_jax._src import registry
+from mtl_jax._src.weighting import checks
 from mtl_jax._src.weighting.base import Needs, Weighting, WeightingResult
 
-
-def _check_pref(pref) -> Optional[np.ndarray]:
-  if pref is None:
-    return None
-  try:
-    pref = np.asarray(pref, dtype=np.float64)
-  except (TypeError, ValueError):
-    raise ValueError(f'con_fig: pref_vector must be a sequence of numbers or None, '
-                     f'got {pref!r}') from None
-  if pref.ndim != 1 or pref.size == 0 or not np.all(np.isfinite(pref)):
-    raise ValueError(f'con_fig: pref_vector must be a finite non-empty vector, got {pref!r}')
-  return pref
 
 
 def con_fig_weights(g, pref):
@@ -66,7 +54,7 @@ def con_fig(pref_vector: Optional[Sequence[float]] = None) -> Weighting:
   Returns:
     The ``Weighting`` (stateless, at least 2 tasks).
   """
-  pref = _check_pref(pref_vector)
+  pref = checks.check_vector('con_fig', 'pref_vector', pref_vector, optional=True)
 
   def preference(num, dtype):
     if pref is None:

@@ -17,17 +17,6 @@ class FAMOState(NamedTuple):
   opt_state: optax.OptState        # Adam (with coupled decay) state of xi
 
 
-def _check_min_losses(min_losses) -> np.ndarray:
-  try:
-    min_losses = np.asarray(min_losses, dtype=np.float32)
-  except (TypeError, ValueError):
-    raise ValueError(f'famo: min_losses must be a number or a sequence of numbers, '
-                     f'got {min_losses!r}') from None
-  if min_losses.ndim > 1 or min_losses.size == 0 or not np.all(np.isfinite(min_losses)):
-    raise ValueError(f'famo: min_losses must be a finite scalar or vector, got '
-                     f'{min_losses.tolist()}')
-  return min_losses
-
 
 @registry.WEIGHTINGS.register('famo')
 def famo(gamma: float = 1e-3, beta: float = 0.025, eps: float = 1e-8,
@@ -62,7 +51,8 @@ def famo(gamma: float = 1e-3, beta: float = 0.025, eps: float = 1e-8,
   beta = checks.check_finite('famo', 'beta', beta, minimum=0.0)
   eps = checks.check_finite('famo', 'eps', eps, minimum=0.0, strict=True)
   match_sum = checks.check_bool('famo', 'match_sum', match_sum)
-  min_losses = _check_min_losses(min_losses)
+  min_losses = checks.check_vector('famo', 'min_losses', min_losses,
+                                  scalar=True).astype(np.float32)
   optimizer = optax.chain(optax.add_decayed_weights(gamma), optax.adam(beta))
 
   def check_num_tasks(num):

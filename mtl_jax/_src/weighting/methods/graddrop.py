@@ -4,7 +4,6 @@ from typing import Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mtl_jax._src import registry
 from mtl_jax._src.weighting import checks
@@ -23,18 +22,6 @@ def graddrop_uniform(key: jax.Array, purity):
            for k, leaf in zip(keys, leaves)]
   return jax.tree.unflatten(treedef, draws)
 
-
-def _check_leak(leak) -> np.ndarray:
-  try:
-    leak = np.asarray(leak, dtype=np.float64)
-  except (TypeError, ValueError):
-    raise ValueError(f'graddrop: leak must be a number or a sequence of numbers, '
-                     f'got {leak!r}') from None
-  if leak.ndim > 1 or leak.size == 0 or not np.all(np.isfinite(leak)):
-    raise ValueError(f'graddrop: leak must be a finite scalar or vector, got {leak.tolist()}')
-  if np.any(leak < 0) or np.any(leak > 1):
-    raise ValueError(f'graddrop: leak must be in [0, 1], got {leak.tolist()}')
-  return leak
 
 
 @registry.WEIGHTINGS.register('graddrop')
@@ -70,7 +57,7 @@ def graddrop(leak: Union[float, Sequence[float]] = 0.0,
   Returns:
     The ``Weighting`` (direct, random, stateless, at least 2 tasks).
   """
-  leak = _check_leak(leak)
+  leak = checks.check_vector('graddrop', 'leak', leak, scalar=True, low=0.0, high=1.0)
   if f is not None and not callable(f):
     raise ValueError(f'graddrop: f must be a callable (purity -> purity) or None, got {f!r}')
   transform = (lambda p: p) if f is None else f

@@ -4,7 +4,6 @@ from typing import Sequence, Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from mtl_jax._src import registry
@@ -56,8 +55,8 @@ def pcd_multipliers(g, taus, *, tol: float, dependence_tol: float, max_iters: in
     active_new = jnp.where(add, active | (idx == p), active & (idx != leave))
     slack_new = gs[p] @ mu_new - b[p]
     return (k + go.astype(k.dtype), jnp.where(go, mu_new, mu), jnp.where(go, active_new, active),
-            jnp.where(go & ~add, p, -1).astype(jnp.int32), jnp.where(go, slack_new, slack_p), done | stuck,
-            infeasible | stuck)
+            jnp.where(go & ~add, p, -1).astype(jnp.int32), jnp.where(go, slack_new, slack_p),
+            done | stuck, infeasible | stuck)
 
   init = (jnp.zeros((), jnp.int32), jnp.zeros((m,), g.dtype), jnp.zeros((m,), bool),
           jnp.full((), -1, jnp.int32), jnp.zeros((), g.dtype), jnp.zeros((), bool),
@@ -65,16 +64,6 @@ def pcd_multipliers(g, taus, *, tol: float, dependence_tol: float, max_iters: in
   out = lax.while_loop(lambda s: (s[0] < max_iters) & ~s[5], step, init)
   return jnp.maximum(out[1], 0), ~out[6]
 
-
-def _check_tau(tau) -> np.ndarray:
-  try:
-    tau = np.asarray(tau, dtype=np.float64)
-  except (TypeError, ValueError):
-    raise ValueError(f'pcd: tau must be a number or a sequence of numbers, got {tau!r}') from None
-  if tau.ndim > 1 or tau.size == 0 or not np.all((tau >= 0) & (tau <= 1)):
-    raise ValueError(f'pcd: tau must be in [0, 1] (a scalar or one per secondary task), '
-                     f'got {tau.tolist()}')
-  return tau
 
 
 @registry.WEIGHTINGS.register('pcd')
@@ -110,7 +99,7 @@ def pcd(tau: Union[float, Sequence[float]] = 0.02, beta: float = 0.999,
   Returns:
     The ``Weighting`` (state: {'sq_norm_ema': [T], 'count': int}; at least 2 tasks).
   """
-  tau = _check_tau(tau)
+  tau = checks.check_vector('pcd', 'tau', tau, scalar=True, low=0.0, high=1.0)
   beta = checks.check_finite('pcd', 'beta', beta, minimum=0.0)
   if beta >= 1:
     raise ValueError(f'pcd: beta must be < 1.0, got {beta}')

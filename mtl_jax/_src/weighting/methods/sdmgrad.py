@@ -14,20 +14,6 @@ SCALE_EPS = 1e-8   # added to the squared scale of A
 
 
 
-def _check_pref(pref_vector) -> Optional[np.ndarray]:
-  if pref_vector is None:
-    return None
-  try:
-    vec = np.asarray(pref_vector, dtype=np.float64)
-  except (TypeError, ValueError):
-    raise ValueError('sdmgrad: pref_vector must be None or a sequence of numbers, got '
-                     f'{pref_vector!r}') from None
-  if vec.ndim != 1 or vec.size == 0:
-    raise ValueError(f'sdmgrad: pref_vector must be a non-empty vector, got shape {vec.shape}')
-  if not np.all(np.isfinite(vec)):
-    raise ValueError(f'sdmgrad: pref_vector must be finite, got {vec.tolist()}')
-  return vec
-
 
 @registry.WEIGHTINGS.register('sdmgrad')
 def sdmgrad(lr: float = 10.0, momentum: float = 0.5, n_iter: int = 20, lambda_: float = 0.3,
@@ -76,7 +62,7 @@ def sdmgrad(lr: float = 10.0, momentum: float = 0.5, n_iter: int = 20, lambda_: 
     raise ValueError(f'sdmgrad: n_iter must be an int >= 1, got {n_iter!r}')
   n_iter = int(n_iter)
   lambda_ = checks.check_finite('sdmgrad', 'lambda_', lambda_, minimum=0.0)
-  pref = _check_pref(pref_vector)
+  pref = checks.check_vector('sdmgrad', 'pref_vector', pref_vector, optional=True)
   match_sum = checks.check_bool('sdmgrad', 'match_sum', match_sum)
 
   def check_length(num):
