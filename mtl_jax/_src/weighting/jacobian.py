@@ -71,6 +71,14 @@ def weighted_sum(jacobian, weights: jax.Array):
                       jacobian)
 
 
+def task_sum(x: jax.Array) -> jax.Array:
+  """sum_t x_t over the leading (task) axis, as a product with a vector of ones (at the
+  highest precision): XLA's CPU backend runs ``x.sum(0)`` of a fused expression such as
+  ``abs(x)`` several times slower (7.7 ms against 1.1 ms for [8, 266752] float32)."""
+  return jnp.tensordot(jnp.ones(x.shape[:1], x.dtype), x, axes=1,
+                       precision=jax.lax.Precision.HIGHEST)
+
+
 def flatten(jacobian) -> jax.Array:
   """The task-stacked ``jacobian`` as one ``[T, P]`` matrix (leaves in pytree order, each
   row-major), for methods that keep parameter-sized vectors (``unflatten`` inverts it)."""

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from mtl_jax._src import registry
 from mtl_jax._src.weighting import checks
 from mtl_jax._src.weighting.base import Needs, Weighting, WeightingResult
+from mtl_jax._src.weighting.jacobian import task_sum
 
 PURITY_EPS = 1e-7  # under the sum of |S_t| of the representation form
 
@@ -73,14 +74,14 @@ def graddrop(leak: Union[float, Sequence[float]] = 0.0,
     num = inputs.losses.shape[0]
     if z is None:
       stats = [_upcast(leaf) for leaf in leaves]
-      purity = [0.5 * (1 + _safe_ratio(s.sum(0), jnp.abs(s).sum(0))) for s in stats]
+      purity = [0.5 * (1 + _safe_ratio(task_sum(s), task_sum(jnp.abs(s)))) for s in stats]
     else:
       z_leaves = jax.tree.leaves(z)
       if len(z_leaves) != len(leaves):
         raise ValueError('graddrop: the representation and its gradient rows differ in '
                          f'structure ({len(z_leaves)} and {len(leaves)} leaves)')
       stats = [_batch_sum(leaf, zl) for leaf, zl in zip(leaves, z_leaves)]
-      purity = [0.5 * (1 + s.sum(0) / (jnp.abs(s).sum(0) + PURITY_EPS)) for s in stats]
+      purity = [0.5 * (1 + task_sum(s) / (task_sum(jnp.abs(s)) + PURITY_EPS)) for s in stats]
     uniform = jax.tree.leaves(graddrop_uniform(key, purity))
     out = []
     for leaf, s, p, u in zip(leaves, stats, purity, uniform):
@@ -89,7 +90,7 @@ def graddrop(leak: Union[float, Sequence[float]] = 0.0,
       if z is not None and leaf.ndim > s.ndim:                  # broadcast over the batch
         mask = jnp.expand_dims(mask, 1)
       lk = leaks(num, leaf.dtype).reshape((num,) + (1,) * (leaf.ndim - 1))
-      out.append(jnp.sum((lk + (1 - lk) * mask.astype(leaf.dtype)) * leaf, axis=0))
+      out.append(task_sum((lk + (1 - lk) * mask.astype(leaf.dtype)) * leaf))
     weights = jnp.full((num,), jnp.nan, jnp.float32)
     return WeightingResult(weights, state, direction=jax.tree.unflatten(treedef, out))
 

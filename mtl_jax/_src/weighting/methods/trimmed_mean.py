@@ -5,6 +5,7 @@ import jax.numpy as jnp
 
 from mtl_jax._src import registry
 from mtl_jax._src.weighting.base import Needs, Weighting, WeightingResult
+from mtl_jax._src.weighting.jacobian import task_sum
 
 
 def _masked_mean(leaf: jax.Array, k: int) -> jax.Array:
@@ -23,7 +24,7 @@ def _masked_mean(leaf: jax.Array, k: int) -> jax.Array:
     keep = keep & (index != high[None])
     low = jnp.argmin(jnp.where(keep, x, jnp.inf), axis=0)
     keep = keep & (index != low[None])
-  return jnp.sum(jnp.where(keep, x, 0), axis=0) / (num - 2 * k)
+  return task_sum(jnp.where(keep, x, 0)) / (num - 2 * k)
 
 
 @registry.WEIGHTINGS.register('trimmed_mean')
