@@ -180,6 +180,22 @@ def test_con_fig_equal_angles_and_torchjd_value():
   _close(out.direction, [0.1588, 2.0706, 2.0706], atol=1e-4)
 
 
+def test_con_fig_on_nearly_opposite_gradients_is_their_bisector():
+  """cos(g_1, g_2) = -1 + delta: d = ((n_1 + n_2)(1 + c) / |u_1 + u_2|) (u_1 + u_2) / |u_1 + u_2|
+  (closed form for two gradients); 0 for exactly opposite ones."""
+  for delta in (1e-2, 1e-4):
+    theta = np.arccos(-1 + delta)
+    u1, u2 = np.array([1.0, 0.0, 0.0]), np.array([np.cos(theta), np.sin(theta), 0.0])
+    j = np.stack([2.0 * u1, 0.5 * u2])
+    s = u1 + u2
+    expected = 2.5 * (1 - 1 + delta) / np.linalg.norm(s) * s / np.linalg.norm(s)
+    d = weighting.combine(weighting.get('con_fig'), j.astype(np.float32), np.ones(2)).direction
+    np.testing.assert_allclose(d, expected, rtol=2e-2, atol=1e-7)
+  opposite = np.array([[1.0, 2.0], [-1.0, -2.0]], np.float32)
+  d = weighting.combine(weighting.get('con_fig'), opposite, np.ones(2)).direction
+  np.testing.assert_array_equal(d, 0)
+
+
 def test_con_fig_pref_vector_length_is_checked():
   with pytest.raises(ValueError, match='con_fig: pref_vector has 2 values for 3 tasks'):
     weighting.get('con_fig', pref_vector=(1.0, 2.0)).init(3)

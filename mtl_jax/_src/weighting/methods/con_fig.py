@@ -16,15 +16,19 @@ def con_fig_weights(g, pref):
   With D = diag(1 / ||g_t||) (0 for a zero gradient), the unit rows U = D J and
   b = pinv(U) w = J^T c, c = D (D G D)^+ w.  Then d = (sum_t g_t . b^) b^ with
   b^ = b / ||b||, so alpha = (1^T G c / c^T G c) c (0 when b = 0).  The pseudo-inverse drops
-  the eigenvalues of D G D below 10 T eps(dtype) times the largest (the rounding level of a
-  Gramian), i.e. singular values of U below sqrt(10 T eps) of the largest."""
+  the eigenvalues of D G D at or below T eps(dtype) times the largest (the rounding level of a
+  Gramian), i.e. singular values of U below sqrt(T eps) of the largest, where torchjd's pinv
+  of U keeps them down to max(T, P) eps: for two gradients at cosine -1 + delta, the
+  direction is 0 once delta <= 2 T eps (4.8e-7 in float32), where torchjd still gives the
+  bisector (of length about (||g_1|| + ||g_2||) sqrt(delta / 2)).  Only the direction of b
+  matters, and it stays accurate when a small eigenvalue is inexact."""
   num = g.shape[0]
   eps = jnp.finfo(g.dtype).eps
   sq = jnp.maximum(jnp.diag(g), 0)
   inv = jnp.where(sq > 0, 1 / jnp.sqrt(jnp.where(sq > 0, sq, 1)), 0)
   cos = inv[:, None] * g * inv[None, :]
   lam, vec = jnp.linalg.eigh(cos)
-  keep = lam > 10 * num * eps * jnp.maximum(jnp.max(lam), 0)
+  keep = lam > num * eps * jnp.maximum(jnp.max(lam), 0)
   lam_inv = jnp.where(keep, 1 / jnp.where(keep, lam, 1), 0)
   c = inv * (vec @ (lam_inv * (vec.T @ pref)))
   gc = g @ c
