@@ -7,6 +7,8 @@ per-part Jacobians from ``jax.jacrev``; and through the train step.
 
 import functools
 
+import chex
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -298,3 +300,53 @@ def test_rows_tasks_and_the_library_paths_it_refuses(name):
   if name == 'sdmgrad':
     with pytest.raises(ValueError, match='sdmgrad: pref_vector has 2 entries for 3 tasks'):
       weighting.get('sdmgrad', pref_vector=(0.5, 0.5)).init(3)
+
+
+def test_per_sub_batch_rows_equal_the_gramian_of_all_rows(tmp_path):
+  """Modes 'param' (T pullbacks on k copies of the shared parameters) and 'gram' (the k T
+  rows' Gramian through the whole vmapped batch) train a DSelect-k model (experts shared,
+  gates with auxiliary losses task-specific) to the same parameters through the trainer."""
+  from mtl_jax import train, transfer
+  from tests.conftest import tiny_config
+  params = {}
+  for mode in ('param', 'gram'):
+    config = tiny_config(**{'weighting.name': 'modo', 'weighting.mode': mode,
+                            'train.batch_size': 30, 'train.steps': 2,
+                            'model.name': 'dselect_k'})
+    train.train_and_evaluate(config, str(tmp_path / mode))
+    params[mode] = transfer.load_params(str(tmp_path / mode))
+  for a, b in zip(jax.tree.leaves(params['param']), jax.tree.leaves(params['gram'])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_per_sub_batch_rows_with_auxiliary_losses_on_the_shared_parameters():
+  """The engine directly, on a model whose auxiliary loss reads the shared parameters: the
+  per-sub-batch path (mode 'param') gives the shared and head gradients of the path through
+  all k T rows (mode 'gram', whose rows and Gramian come from the whole vmapped batch)."""
+  from mtl_jax.weighting import Options, task_gradients
+  from mtl_jax._src.weighting import engine
+  rng = np.random.default_rng(3)
+  params = {'shared': {'w': jnp.asarray(rng.normal(size=(D, 4)), jnp.float32)},
+            'task': {'v': jnp.asarray(rng.normal(size=(4, T)), jnp.float32)}}
+  batch = {'x': jnp.asarray(rng.normal(size=(3 * PART, D)), jnp.float32),
+           'y': jnp.asarray(rng.normal(size=(3 * PART, T)), jnp.float32)}
+
+  def bind(part, r):
+    def full(p):
+      pred = jnp.tanh(part['x'] @ p['shared']['w']) @ p['task']['v']
+      losses = jnp.mean((pred - part['y']) ** 2, axis=0)
+      reg = 0.1 * jnp.sum(p['shared']['w'] ** 2) * jnp.mean(part['x'] ** 2)
+      return losses, {'reg': reg}, {}
+    return engine.LossFns(full)
+
+  method = weighting.get('modo')
+  out = {}
+  for mode in ('param', 'gram'):
+    fns = engine.sub_batch_fns(bind, batch, 3)
+    out[mode] = jax.jit(lambda p, s: task_gradients(method, p, s, None, jnp.int32(0), fns,
+                                                    Options(mode=mode)))(params, method.init(T))
+  chex.assert_trees_all_close(out['param'].grads, out['gram'].grads, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out['param'].weights, out['gram'].weights, rtol=1e-5, atol=1e-6)
+  reg_only = jax.grad(lambda w: 0.1 * jnp.sum(w ** 2) * jnp.mean(batch['x'] ** 2))(
+      params['shared']['w'])
+  assert float(jnp.max(jnp.abs(reg_only))) > 1e-2     # the auxiliary gradient is not negligible

@@ -23,7 +23,11 @@ the Gramian mode where its layer rules save more work than the backward pass it 
 (``gramian.pays_off``, decided at trace time from the shapes: dense layers of a batch smaller
 than their inputs, embeddings), else 'param' (convolution-heavy models; and with
 ``chunk_size``); JACOBIAN methods get 'param'; loss-only methods need no mode but for
-``diagnostics_every``, whose G the Gramian mode measures.
+``diagnostics_every``, whose G the Gramian mode measures.  Methods reading k independent
+sub-batches (MoDo, SDMGrad) get their k T rows in 'param' and 'auto' from T pullbacks, the
+sub-batches running on k copies of the shared parameters (``_sub_batch_rows``); 'gram' gives
+them the Gramian of the k T rows, each a pullback through the whole vmapped batch (k times
+the work).
 
 ``mode='rep'``: the rows are the per-task gradients dL_t/dz of the shared representation; the
 combined cotangent sum_t alpha_t dL_t/dz is pushed through the trunk exactly, in one VJP
@@ -83,6 +87,10 @@ class LossFns(NamedTuple):
     num_tasks: T (with ``trunk`` and ``heads``: the number of copies of z).
     sub_batches: k: ``full`` returns the k * T losses of k equal sub-batches, sub-batch
       major (``sub_batch_fns`` builds it), for a method with ``sub_batches`` = k.
+    parts: optional, with ``sub_batches``: ``(shared_k, task) -> (losses [k, T],
+      aux_losses {name: [k]}, model_state)``, sub-batch b evaluated with its own copy
+      ``shared_k[b]`` of the shared parameters, so that one pullback gives every
+      sub-batch's gradient of a task.
   """
   full: Callable
   trunk: Optional[Callable] = None
@@ -90,6 +98,7 @@ class LossFns(NamedTuple):
   merge: Optional[Callable] = None
   num_tasks: Optional[int] = None
   sub_batches: int = 1
+  parts: Optional[Callable] = None
 
 
 class Options(NamedTuple):
@@ -280,6 +289,9 @@ def task_gradients(method: Weighting, params, state, key, step, fns: LossFns,
     out = _through_representation(*args)
   elif options.mode == 'rep':
     raise OptionError('mode', "'rep' needs loss functions with a trunk and heads")
+  elif (k > 1 and fns.parts is not None and subset is None
+        and options.mode in ('param', 'auto')):
+    out = _sub_batch_rows(*args)
   else:
     out = _whole_network(*args)
   return _fold_sub_batches(out, k) if k > 1 else out
@@ -324,15 +336,22 @@ def sub_batch_fns(bind: Callable, batch, k: int, rng=None) -> LossFns:
   parts = jax.tree.map(lambda x: jnp.reshape(x, (k, x.shape[0] // k) + x.shape[1:]), batch)
   keys = jax.random.split(rng, k) if rng is not None else jnp.zeros((k,))
 
+  mean = lambda x: (jnp.mean(x, 0).astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating)
+                    else x[0])
+
   def full(params):
     one = lambda part, r: bind(part, r if rng is not None else None).full(params)
     losses, aux, model_state = jax.vmap(one)(parts, keys)
-    mean = lambda x: (jnp.mean(x, 0).astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating)
-                      else x[0])
     return (losses.reshape(-1), {n: jnp.mean(v) for n, v in aux.items()},
             jax.tree.map(mean, model_state))
 
-  return LossFns(full, sub_batches=k)
+  def per_part(shared_k, task):
+    one = lambda part, r, shared: bind(part, r if rng is not None else None).full(
+        {'shared': shared, 'task': task})
+    losses, aux, model_state = jax.vmap(one)(parts, keys, shared_k)
+    return losses, aux, jax.tree.map(mean, model_state)
+
+  return LossFns(full, sub_batches=k, parts=per_part)
 
 
 def _loss_only(method, params, state, key, step, fns, options, subset):
@@ -439,6 +458,48 @@ def _whole_network(method, params, state, key, step, fns, options, subset):
     task = vjp_fn(_with_aux(active, aux_losses))[1]
   return EngineOutput(losses, aux_losses, {'shared': shared, 'task': task}, weights,
                       new_state, model_state, diagnostics, scatter_gram(g, subset, num))
+
+
+def _sub_batch_rows(method, params, state, key, step, fns, options, subset):
+  """The k T rows of k sub-batches from T pullbacks: the sub-batches run on k copies of
+  the shared parameters (``fns.parts``), so the pullback of task t's losses on every
+  sub-batch gives g_bt in copy b (rather than k T pullbacks through the whole vmapped batch,
+  most of them through sub-batches whose cotangent is zero).  Then as ``_whole_network``'s
+  Jacobian path; modes 'param' and 'auto' (mode 'gram' takes the k T rows' Gramian)."""
+  del subset
+  k = fns.sub_batches
+  shared_k = jax.tree.map(lambda x: jnp.broadcast_to(x, (k,) + x.shape), params['shared'])
+
+  def fn(shared_k, task):
+    losses, aux_losses, model_state = fns.parts(shared_k, task)
+    means = {n: jnp.mean(v) for n, v in aux_losses.items()}
+    extra = [means[n].astype(losses.dtype) for n in sorted(means)]
+    flat = losses.reshape(-1)
+    return (jnp.concatenate([flat, jnp.stack(extra)]) if extra else flat), (means, model_state)
+
+  all_losses, vjp_fn, (aux_losses, model_state) = jax.vjp(fn, shared_k, params['task'],
+                                                          has_aux=True)
+  num_aux = len(aux_losses)
+  num = all_losses.shape[0] - num_aux                    # k T
+  per = num // k
+  # task t on every sub-batch: the pullback's copy b is g_bt
+  cotangents = jnp.tile(jnp.eye(per, dtype=all_losses.dtype), (1, k))
+  cotangents = jnp.concatenate([cotangents, jnp.zeros((per, num_aux), cotangents.dtype)], 1)
+  by_task = rows(vjp_fn, cotangents, chunk_size=options.chunk_size, argnum=0)
+  jac = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape((num,) + x.shape[2:]), by_task)
+  losses = all_losses[:num]
+  weights, new_state, diagnostics, g, direction = _run(method, losses, step, jac, state, key,
+                                                       num, **_bilevel(method, params, fns))
+  shared = weighted_sum(jac, weights.astype(losses.dtype)) if direction is None else direction
+  if num_aux:
+    aux_row = _with_aux(jnp.zeros_like(losses), aux_losses)
+    aux_grad = jax.tree.map(lambda x: jnp.sum(x, 0), vjp_fn(aux_row)[0])
+    shared = jax.tree.map(jnp.add, shared, aux_grad)
+  weighted = (options.head_grads or method.head_grads) == 'weighted'
+  heads = weights.astype(losses.dtype) if weighted else _unweighted(method, None, losses, k)
+  task = vjp_fn(_with_aux(heads, aux_losses))[1]
+  return EngineOutput(losses, aux_losses, {'shared': shared, 'task': task}, weights,
+                      new_state, model_state, diagnostics, g)
 
 
 def _through_representation(method, params, state, key, step, fns, options, subset):
