@@ -485,12 +485,24 @@ def _sub_batch_rows(method, params, state, key, step, fns, options, subset):
   # task t on every sub-batch: the pullback's copy b is g_bt
   cotangents = jnp.tile(jnp.eye(per, dtype=all_losses.dtype), (1, k))
   cotangents = jnp.concatenate([cotangents, jnp.zeros((per, num_aux), cotangents.dtype)], 1)
-  by_task = rows(vjp_fn, cotangents, chunk_size=options.chunk_size, argnum=0)
-  jac = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape((num,) + x.shape[2:]), by_task)
+  by_task = rows(vjp_fn, cotangents, chunk_size=options.chunk_size, argnum=0)  # [T, k, ...]
   losses = all_losses[:num]
+  # row b T + t (sub-batch major) is by_task[t, b]: a GRAM method gets G permuted, not J
+  order = (jnp.arange(num) % per) * k + jnp.arange(num) // per
+  task_major = jax.tree.map(lambda x: x.reshape((num,) + x.shape[2:]), by_task)
+  if method.needs is Needs.GRAM:
+    g_task_major = gram(task_major, num)
+    jac, g_in = None, g_task_major[order][:, order]
+  else:
+    jac, g_in = jax.tree.map(lambda x: x[order], task_major), None
   weights, new_state, diagnostics, g, direction = _run(method, losses, step, jac, state, key,
-                                                       num, **_bilevel(method, params, fns))
-  shared = weighted_sum(jac, weights.astype(losses.dtype)) if direction is None else direction
+                                                       num, g_in,
+                                                       **_bilevel(method, params, fns))
+  if direction is None:
+    inverse = jnp.argsort(order)             # weights in the task-major order of the rows
+    shared = weighted_sum(task_major, weights[inverse].astype(losses.dtype))
+  else:
+    shared = direction
   if num_aux:
     aux_row = _with_aux(jnp.zeros_like(losses), aux_losses)
     aux_grad = jax.tree.map(lambda x: jnp.sum(x, 0), vjp_fn(aux_row)[0])
