@@ -546,12 +546,19 @@ def torch_losses(peers, shared_module, head_modules, x, y):
   return features, [f.cross_entropy(h(features), y[:, t]) for t, h in enumerate(head_modules)]
 
 
-def torch_sum_runner(peers, data, lr):
+def torch_setup(peers, data, lr):
+  """The batch as tensors, the torch model at the shared initialisation and SGD over all of
+  it: ``(xt, yt, shared_module, head_modules, opt)``."""
   torch = peers.torch
   x, y, shared, heads = data
-  xt, yt = torch.from_numpy(x), torch.from_numpy(y)
   shared_module, head_modules = torch_model(peers, shared, heads)
   opt = torch.optim.SGD([*shared_module.parameters(), *head_modules.parameters()], lr=lr)
+  return torch.from_numpy(x), torch.from_numpy(y), shared_module, head_modules, opt
+
+
+def torch_sum_runner(peers, data, lr):
+  torch = peers.torch
+  xt, yt, shared_module, head_modules, opt = torch_setup(peers, data, lr)
 
   def step():
     _, losses = torch_losses(peers, shared_module, head_modules, xt, yt)
@@ -635,13 +642,9 @@ def torchjd_has(peers, name: str) -> bool:
 def torchjd_autojac_runner(peers, name, data, lr):
   """mtl_backward (Jacobian of the shared parameters, plain gradients for the heads) +
   jac_to_grad with the aggregator, SGD step: TorchJD's documented MTL loop."""
-  torch = peers.torch
-  x, y, shared, heads = data
-  xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-  shared_module, head_modules = torch_model(peers, shared, heads)
+  xt, yt, shared_module, head_modules, opt = torch_setup(peers, data, lr)
   shared_params = list(shared_module.parameters())
-  opt = torch.optim.SGD([*shared_params, *head_modules.parameters()], lr=lr)
-  aggregator = torchjd_aggregator(peers, name, y.shape[1])
+  aggregator = torchjd_aggregator(peers, name, yt.shape[1])
   autojac = peers.torchjd.autojac
 
   def step():
@@ -662,10 +665,7 @@ def torchjd_autogram_runner(peers, name, data, lr):
   weighting_ = torchjd_weighting(peers, name)
   if weighting_ is None:
     return None
-  x, y, shared, heads = data
-  xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-  shared_module, head_modules = torch_model(peers, shared, heads)
-  opt = torch.optim.SGD([*shared_module.parameters(), *head_modules.parameters()], lr=lr)
+  xt, yt, shared_module, head_modules, opt = torch_setup(peers, data, lr)
   engine = peers.torchjd.autogram.Engine(shared_module, batch_dim=None)
 
   def step():
@@ -686,10 +686,7 @@ def torchjd_scalarize_runner(peers, name, data, lr):
   scalarizer = torchjd_scalarizer(peers, name, data[1].shape[1])
   if scalarizer is None:
     return None
-  x, y, shared, heads = data
-  xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-  shared_module, head_modules = torch_model(peers, shared, heads)
-  opt = torch.optim.SGD([*shared_module.parameters(), *head_modules.parameters()], lr=lr)
+  xt, yt, shared_module, head_modules, opt = torch_setup(peers, data, lr)
   own = list(scalarizer.parameters())
   scales_opt = torch.optim.Adam(own, lr=SCALES_LR) if own else None
 
@@ -712,13 +709,10 @@ def torchjd_sub_batch_runner(peers, name, data, lr):
   losses backward with them (so the heads get w_t grad L_t of the third), SGD step."""
   torch = peers.torch
   f = torch.nn.functional
-  x, y, shared, heads = data
-  xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-  shared_module, head_modules = torch_model(peers, shared, heads)
+  xt, yt, shared_module, head_modules, opt = torch_setup(peers, data, lr)
   shared_params = list(shared_module.parameters())
-  opt = torch.optim.SGD([*shared_params, *head_modules.parameters()], lr=lr)
   cross = torchjd_cross_weighting(peers, name)
-  n = x.shape[0] // 3
+  n = xt.shape[0] // 3
 
   def step():
     features = shared_module(xt)

@@ -87,10 +87,9 @@ class LossFns(NamedTuple):
     num_tasks: T (with ``trunk`` and ``heads``: the number of copies of z).
     sub_batches: k: ``full`` returns the k * T losses of k equal sub-batches, sub-batch
       major (``sub_batch_fns`` builds it), for a method with ``sub_batches`` = k.
-    parts: optional, with ``sub_batches``: ``(shared_k, task) -> (losses [k, T],
-      aux_losses {name: [k]}, model_state)``, sub-batch b evaluated with its own copy
-      ``shared_k[b]`` of the shared parameters, so that one pullback gives every
-      sub-batch's gradient of a task.
+    parts: optional, with ``sub_batches``: ``(shared_k, task) ->`` what ``full`` returns,
+      sub-batch b evaluated with its own copy ``shared_k[b]`` of the shared parameters, so
+      that one pullback gives every sub-batch's gradient of a task.
   """
   full: Callable
   trunk: Optional[Callable] = None
@@ -339,17 +338,19 @@ def sub_batch_fns(bind: Callable, batch, k: int, rng=None) -> LossFns:
   mean = lambda x: (jnp.mean(x, 0).astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating)
                     else x[0])
 
-  def full(params):
-    one = lambda part, r: bind(part, r if rng is not None else None).full(params)
-    losses, aux, model_state = jax.vmap(one)(parts, keys)
+  def merged(losses, aux, model_state):
+    """The k parts' outputs as one batch's: k T losses, mean aux losses, mean state."""
     return (losses.reshape(-1), {n: jnp.mean(v) for n, v in aux.items()},
             jax.tree.map(mean, model_state))
+
+  def full(params):
+    one = lambda part, r: bind(part, r if rng is not None else None).full(params)
+    return merged(*jax.vmap(one)(parts, keys))
 
   def per_part(shared_k, task):
     one = lambda part, r, shared: bind(part, r if rng is not None else None).full(
         {'shared': shared, 'task': task})
-    losses, aux, model_state = jax.vmap(one)(parts, keys, shared_k)
-    return losses, aux, jax.tree.map(mean, model_state)
+    return merged(*jax.vmap(one)(parts, keys, shared_k))
 
   return LossFns(full, sub_batches=k, parts=per_part)
 
@@ -470,13 +471,8 @@ def _sub_batch_rows(method, params, state, key, step, fns, options, subset):
   k = fns.sub_batches
   shared_k = jax.tree.map(lambda x: jnp.broadcast_to(x, (k,) + x.shape), params['shared'])
 
-  def fn(shared_k, task):
-    losses, aux_losses, model_state = fns.parts(shared_k, task)
-    means = {n: jnp.mean(v) for n, v in aux_losses.items()}
-    extra = [means[n].astype(losses.dtype) for n in sorted(means)]
-    flat = losses.reshape(-1)
-    return (jnp.concatenate([flat, jnp.stack(extra)]) if extra else flat), (means, model_state)
-
+  parts = _flat_losses(lambda p: fns.parts(p['shared'], p['task']))
+  fn = lambda shared_k, task: parts({'shared': shared_k, 'task': task})
   all_losses, vjp_fn, (aux_losses, model_state) = jax.vjp(fn, shared_k, params['task'],
                                                           has_aux=True)
   num_aux = len(aux_losses)
