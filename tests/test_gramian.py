@@ -214,6 +214,42 @@ def test_gram_of_arbitrary_cotangent_rows_and_float64():
                                atol=1e-12 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize('policy', gramian.POLICIES)
+def test_gram_over_copies_equals_jacrev(policy):
+  """``gram_vjp(copies=k)``: the layers run on k sub-batches, each with its own copy of the
+  parameters (``vmap``); G over (row, copy) pairs is that of each copy's gradient, row
+  t k + b = copy b's gradient from row t, against jacrev.  Dense layers with the copy axis as
+  a dot batch dimension take the rule over copies; convolutions (batched kernels become
+  feature groups), the lookup and the tied and scanned weights their leaf gradients.  The
+  VJP summed over the copies is jax.vjp's."""
+  k = 3
+  p = _layer_params(2)
+  pk = jax.tree.map(lambda a: jnp.stack([a] * k), p)
+  x = jax.random.normal(jax.random.PRNGKey(5), (k, 4, 5))
+  ids = jnp.array([[[1, 2], [2, 9], [1, 1], [-8, 6]], [[0, 0], [3, 4], [5, 6], [6, 1]],
+                   [[2, 2], [2, 2], [0, 6], [1, 5]]])
+  fn = lambda q: jax.vmap(_layers)(q, x, ids)                   # [k, 3]: copy b on part b
+  rows = jnp.tile(jnp.eye(3)[:, None, :], (1, k, 1))          # row t: task t on every part
+  r = gramian.gram_vjp(fn, pk, policy=policy, copies=k)
+  by_copy = {jax.tree_util.tree_leaves_with_path(p)[t.leaf][0][0].key
+             for t in r.taps.values() if gramian._copy_dims(t) is not None}
+  assert {'dense', 'left', 'experts'} <= by_copy
+  np.testing.assert_allclose(r.out, fn(pk), rtol=1e-5, atol=1e-6)
+  ct = jax.random.normal(jax.random.PRNGKey(6), (k, 3))
+  g, grad = jax.jit(lambda q: (lambda s: (s.gram(rows), s.vjp(ct)[0]))(
+      gramian.gram_vjp(fn, q, policy=policy, copies=k)))(pk)
+  jac = jax.jit(jax.jacrev(fn))(pk)                           # leaves [k, 3, k, ...]
+  ref = np.stack([np.concatenate([np.asarray(leaf[b, t, b], np.float64).reshape(-1)
+                                  for leaf in jax.tree.leaves(jac)])
+                  for t in range(3) for b in range(k)])
+  _assert_gram(g, ref @ ref.T, policy)
+  expected = jax.jit(lambda q: jax.vjp(fn, q)[1](ct)[0])(pk)
+  for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a.sum(0), b.sum(0), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='copies=2: every shared leaf needs a leading axis'):
+    gramian.gram_vjp(fn, pk, copies=2)
+
+
 # ------------------------------------------------------------------ selection and training
 
 

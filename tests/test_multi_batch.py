@@ -303,9 +303,10 @@ def test_rows_tasks_and_the_library_paths_it_refuses(name):
 
 
 def test_per_sub_batch_rows_equal_the_gramian_of_all_rows(tmp_path):
-  """Modes 'param' (T pullbacks on k copies of the shared parameters) and 'gram' (the k T
-  rows' Gramian through the whole vmapped batch) train a DSelect-k model (experts shared,
-  gates with auxiliary losses task-specific) to the same parameters through the trainer."""
+  """Modes 'param' (the k T rows of J from T pullbacks on k copies of the shared parameters)
+  and 'gram' (their Gramian from the layer rules over (task, copy) pairs, d from one VJP)
+  train a DSelect-k model (experts shared, gates with auxiliary losses task-specific) to the
+  same parameters through the trainer."""
   from mtl_jax import train, transfer
   from tests.conftest import tiny_config
   params = {}
@@ -321,8 +322,8 @@ def test_per_sub_batch_rows_equal_the_gramian_of_all_rows(tmp_path):
 
 def test_per_sub_batch_rows_with_auxiliary_losses_on_the_shared_parameters():
   """The engine directly, on a model whose auxiliary loss reads the shared parameters: the
-  per-sub-batch path (mode 'param') gives the shared and head gradients of the path through
-  all k T rows (mode 'gram', whose rows and Gramian come from the whole vmapped batch)."""
+  Jacobian rows (mode 'param') and the Gramian over copies (mode 'gram', where the auxiliary
+  gradient rides in the VJP for d) give the same shared and head gradients."""
   from mtl_jax.weighting import Options, task_gradients
   from mtl_jax._src.weighting import engine
   rng = np.random.default_rng(3)

@@ -24,10 +24,11 @@ the Gramian mode where its layer rules save more work than the backward pass it 
 than their inputs, embeddings), else 'param' (convolution-heavy models; and with
 ``chunk_size``); JACOBIAN methods get 'param'; loss-only methods need no mode but for
 ``diagnostics_every``, whose G the Gramian mode measures.  Methods reading k independent
-sub-batches (MoDo, SDMGrad) get their k T rows in 'param' and 'auto' from T pullbacks, the
-sub-batches running on k copies of the shared parameters (``_sub_batch_rows``); 'gram' gives
-them the Gramian of the k T rows, each a pullback through the whole vmapped batch (k times
-the work).
+sub-batches (MoDo, SDMGrad, FORUM) get their k T rows from T pullbacks, the sub-batches
+running on k copies of the shared parameters (``_sub_batch_rows``): in modes 'gram' and
+'auto' (where a dense layer's copy axis is a dot batch dimension: ``pays_off``), G over
+(task, copy) pairs from the same layer rules and d from one VJP; in 'param' the k T rows of
+J.
 
 ``mode='rep'``: the rows are the per-task gradients dL_t/dz of the shared representation; the
 combined cotangent sum_t alpha_t dL_t/dz is pushed through the trunk exactly, in one VJP
@@ -66,7 +67,7 @@ from mtl_jax._src.weighting.apply import run_method as _run
 from mtl_jax._src.weighting.base import Needs, Weighting
 from mtl_jax._src.weighting.diagnostics import scatter_gram, unmeasured
 from mtl_jax._src.weighting.gramian import gram_vjp, pays_off
-from mtl_jax._src.weighting.jacobian import gram, rows, weighted_sum
+from mtl_jax._src.weighting.jacobian import gram, rows, task_sum, weighted_sum
 
 PyTree = Any
 MODES = ('auto', 'param', 'gram', 'rep')
@@ -288,8 +289,7 @@ def task_gradients(method: Weighting, params, state, key, step, fns: LossFns,
     out = _through_representation(*args)
   elif options.mode == 'rep':
     raise OptionError('mode', "'rep' needs loss functions with a trunk and heads")
-  elif (k > 1 and fns.parts is not None and subset is None
-        and options.mode in ('param', 'auto')):
+  elif k > 1 and fns.parts is not None and subset is None:
     out = _sub_batch_rows(*args)
   else:
     out = _whole_network(*args)
@@ -398,13 +398,13 @@ def _split_losses(fns: LossFns):
   return lambda shared, task: _flat_losses(fns.full)({'shared': shared, 'task': task})
 
 
-def _pullback(fn, shared, *others, options: Options):
+def _pullback(fn, shared, *others, options: Options, copies: int = 1):
   """``(out, vjp, aux, r)`` of ``fn(shared, *others)`` (which returns (out, aux)); ``r`` is
-  the ``gram_vjp`` result in modes 'gram' and 'auto', else None."""
+  the ``gram_vjp`` result (with ``copies``) in modes 'gram' and 'auto', else None."""
   if options.mode not in ('gram', 'auto'):
     out, vjp_fn, aux = jax.vjp(fn, shared, *others, has_aux=True)
     return out, vjp_fn, aux, None
-  r = gram_vjp(fn, shared, *others, has_aux=True)
+  r = gram_vjp(fn, shared, *others, has_aux=True, copies=copies)
   return r.out, r.vjp, r.aux, r
 
 
@@ -465,47 +465,57 @@ def _sub_batch_rows(method, params, state, key, step, fns, options, subset):
   """The k T rows of k sub-batches from T pullbacks: the sub-batches run on k copies of
   the shared parameters (``fns.parts``), so the pullback of task t's losses on every
   sub-batch gives g_bt in copy b (rather than k T pullbacks through the whole vmapped batch,
-  most of them through sub-batches whose cotangent is zero).  Then as ``_whole_network``'s
-  Jacobian path; modes 'param' and 'auto' (mode 'gram' takes the k T rows' Gramian)."""
+  most of them through sub-batches whose cotangent is zero).  A GRAM method gets G of the
+  k T rows from the layer rules over (task, copy) pairs (``gram_vjp``'s ``copies``) where
+  they pay off (always in mode 'gram'), and d from one VJP summed over the copies; else the
+  rows of J, as ``_whole_network``'s Jacobian path."""
   del subset
   k = fns.sub_batches
   shared_k = jax.tree.map(lambda x: jnp.broadcast_to(x, (k,) + x.shape), params['shared'])
-
   parts = _flat_losses(lambda p: fns.parts(p['shared'], p['task']))
   fn = lambda shared_k, task: parts({'shared': shared_k, 'task': task})
-  all_losses, vjp_fn, (aux_losses, model_state) = jax.vjp(fn, shared_k, params['task'],
-                                                          has_aux=True)
+  gram_mode = method.needs is Needs.GRAM and options.mode in ('gram', 'auto')
+  all_losses, vjp_fn, (aux_losses, model_state), r = _pullback(
+      fn, shared_k, params['task'], options=options if gram_mode else Options('param'),
+      copies=k)
   num_aux = len(aux_losses)
   num = all_losses.shape[0] - num_aux                    # k T
   per = num // k
-  # task t on every sub-batch: the pullback's copy b is g_bt
+  losses = all_losses[:num]
+  # task t on every sub-batch: copy b of its pullback is g_bt
   cotangents = jnp.tile(jnp.eye(per, dtype=all_losses.dtype), (1, k))
   cotangents = jnp.concatenate([cotangents, jnp.zeros((per, num_aux), cotangents.dtype)], 1)
-  by_task = rows(vjp_fn, cotangents, chunk_size=options.chunk_size, argnum=0)  # [T, k, ...]
-  losses = all_losses[:num]
-  # row b T + t (sub-batch major) is by_task[t, b]: a GRAM method gets G permuted, not J
+  # row b T + t (sub-batch major) is row t k + b of the task-major rows (copy b of task t)
   order = (jnp.arange(num) % per) * k + jnp.arange(num) // per
-  task_major = jax.tree.map(lambda x: x.reshape((num,) + x.shape[2:]), by_task)
-  if method.needs is Needs.GRAM:
-    g_task_major = gram(task_major, num)
-    jac, g_in = None, g_task_major[order][:, order]
+  if r is not None and (options.mode == 'gram' or pays_off(r.taps, per, copies=k)):
+    g_in, jac, task_major = r.gram(cotangents)[order][:, order], None, None
   else:
-    jac, g_in = jax.tree.map(lambda x: x[order], task_major), None
+    by_task = rows(vjp_fn, cotangents, chunk_size=options.chunk_size, argnum=0)  # [T, k, ...]
+    task_major = jax.tree.map(lambda x: x.reshape((num,) + x.shape[2:]), by_task)
+    if method.needs is Needs.GRAM:
+      jac, g_in = None, gram(task_major, num)[order][:, order]
+    else:
+      jac, g_in = jax.tree.map(lambda x: x[order], task_major), None
   weights, new_state, diagnostics, g, direction = _run(method, losses, step, jac, state, key,
                                                        num, g_in,
                                                        **_bilevel(method, params, fns))
-  if direction is None:
-    inverse = jnp.argsort(order)             # weights in the task-major order of the rows
-    shared = weighted_sum(task_major, weights[inverse].astype(losses.dtype))
-  else:
-    shared = direction
-  if num_aux:
-    aux_row = _with_aux(jnp.zeros_like(losses), aux_losses)
-    aux_grad = jax.tree.map(lambda x: jnp.sum(x, 0), vjp_fn(aux_row)[0])
-    shared = jax.tree.map(jnp.add, shared, aux_grad)
   weighted = (options.head_grads or method.head_grads) == 'weighted'
   heads = weights.astype(losses.dtype) if weighted else _unweighted(method, None, losses, k)
-  task = vjp_fn(_with_aux(heads, aux_losses))[1]
+  copy_sum = lambda tree: jax.tree.map(task_sum, tree)
+  if task_major is None:             # d and the auxiliary gradient from one VJP
+    shared_k_grad, task = vjp_fn(_with_aux(weights.astype(losses.dtype), aux_losses))
+    shared = copy_sum(shared_k_grad)
+    task = task if weighted else vjp_fn(_with_aux(heads, aux_losses))[1]
+  else:
+    if direction is None:
+      inverse = jnp.argsort(order)           # weights in the task-major order of the rows
+      shared = weighted_sum(task_major, weights[inverse].astype(losses.dtype))
+    else:
+      shared = direction
+    if num_aux:
+      aux_grad = copy_sum(vjp_fn(_with_aux(jnp.zeros_like(losses), aux_losses))[0])
+      shared = jax.tree.map(jnp.add, shared, aux_grad)
+    task = vjp_fn(_with_aux(heads, aux_losses))[1]
   return EngineOutput(losses, aux_losses, {'shared': shared, 'task': task}, weights,
                       new_state, model_state, diagnostics, g)
 
