@@ -67,7 +67,7 @@ from mtl_jax._src.weighting.apply import run_method as _run
 from mtl_jax._src.weighting.base import Needs, Weighting
 from mtl_jax._src.weighting.diagnostics import scatter_gram, unmeasured
 from mtl_jax._src.weighting.gramian import gram_vjp, pays_off
-from mtl_jax._src.weighting.jacobian import gram, rows, task_sum, weighted_sum
+from mtl_jax._src.weighting.jacobian import gram, row_major, rows, task_sum, weighted_sum
 
 PyTree = Any
 MODES = ('auto', 'param', 'gram', 'rep')
@@ -416,6 +416,11 @@ def _gram_of(r, options: Options, num_rows: int):
   return r.gram
 
 
+def _materialized(jac):
+  """J written once, row-major, for a method that reads it itself (``jacobian.row_major``)."""
+  return row_major(jac)
+
+
 def _whole_network(method, params, state, key, step, fns, options, subset):
   """Rows of J from vmapped pullbacks through the whole network, or G from the layer rules
   (Gramian mode) and then d and the heads from one VJP with cotangent (alpha, 1_K)."""
@@ -443,6 +448,7 @@ def _whole_network(method, params, state, key, step, fns, options, subset):
       aux_row = _with_aux(jnp.zeros_like(losses), aux_losses)[None]
       cotangents = jnp.concatenate([cotangents, aux_row])
     jac = rows(vjp_fn, cotangents, chunk_size=options.chunk_size, argnum=0)
+    jac = _materialized(jac) if method.needs is Needs.JACOBIAN else jac
     aux_grad = jax.tree.map(lambda leaf: leaf[used], jac) if num_aux else None
     jac = jax.tree.map(lambda leaf: leaf[:used], jac) if num_aux else jac
     weights, new_state, diagnostics, g, direction = _run(method, picked, step, jac, state,
@@ -548,6 +554,7 @@ def _through_representation(method, params, state, key, step, fns, options, subs
       chunk = options.chunk_size
       jac = (jax.vmap(pull)(rep_jac) if chunk is None or chunk >= used
              else jax.lax.map(pull, rep_jac, batch_size=chunk))
+      jac = _materialized(jac) if method.needs is Needs.JACOBIAN else jac
     rep = z if options.mode == 'rep' else None
     weights, new_state, diagnostics, g, direction = _run(method, picked, step, jac, state,
                                                          key, used, representation=rep)

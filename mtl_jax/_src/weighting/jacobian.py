@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.layout import Layout, with_layout_constraint
 
 
 def num_tasks(jacobian) -> int:
@@ -77,6 +78,18 @@ def task_sum(x: jax.Array) -> jax.Array:
   ``abs(x)`` several times slower (7.7 ms against 1.1 ms for [8, 266752] float32)."""
   return jnp.tensordot(jnp.ones(x.shape[:1], x.dtype), x, axes=1,
                        precision=jax.lax.Precision.HIGHEST)
+
+
+def row_major(jacobian):
+  """``jacobian`` with every leaf laid out row-major in memory (task axis outermost).
+
+  The rows of a dense layer's weight come out of the vmapped pullback as [T, out, in] and are
+  transposed to the kernel's [in, out]; XLA would otherwise fuse that transpose into every
+  consumer, so a method that reads J several times (a trimmed mean, GradDrop, ExcessMTL) reads
+  it with strides each time (on the CPU, 2-3 x slower than one copy and contiguous reads)."""
+  fix = lambda leaf: with_layout_constraint(
+      leaf, Layout(major_to_minor=tuple(range(jnp.ndim(leaf)))))
+  return jax.tree.map(fix, jacobian)
 
 
 def flatten(jacobian) -> jax.Array:
