@@ -201,16 +201,30 @@ def _part_jacobian(params, x, y):
                          np.asarray(jac['w1']).reshape(T, -1)], 1).astype(np.float64)
 
 
-@pytest.mark.parametrize('name,hparams,mode', [
-    ('modo', {}, 'param'), ('modo', {'num_batches': 2, 'gamma': 0.5}, 'auto'),
-    ('sdmgrad', {}, 'gram')])
-def test_estimator_on_independent_sub_batches(name, hparams, mode):
+def _representation(params, x, y):
+  del y
+  return jnp.tanh(x @ params['w1'] + params['b1'])
+
+
+def _heads(z, params, x, y):
+  del x
+  return jnp.mean((z @ params['heads'].T - y) ** 2, axis=0)
+
+
+@pytest.mark.parametrize('name,hparams,mode,split', [
+    ('modo', {}, 'param', False), ('modo', {'num_batches': 2, 'gamma': 0.5}, 'auto', False),
+    ('sdmgrad', {}, 'gram', False), ('modo', {}, 'gram', True), ('sdmgrad', {}, 'param', True)])
+def test_estimator_on_independent_sub_batches(name, hparams, mode, split):
   """Two steps of mtl_value_and_grad: the shared gradient is built from the parts' own
   Jacobians (A from parts 1, 2; d from part 3, or the mean of parts 1, 2); the unweighted
-  head gradients are the whole batch's."""
+  head gradients are the whole batch's.  With ``split``, through representation_fn and
+  heads_fn (one head backward pass, the trunk pulled back on copies)."""
   method = weighting.get(name, **hparams)
   k = method.sub_batches
-  vg = jax.jit(mtl_value_and_grad(losses_fn, method, shared=SHARED, mode=mode))
+  fns = (dict(representation_fn=_representation, heads_fn=_heads) if split
+         else dict(losses_fn=losses_fn))
+  vg = jax.jit(mtl_value_and_grad(fns.pop('losses_fn', None), method, shared=SHARED,
+                                  mode=mode, **fns))
   params = _mlp_params(0)
   state = method.init(T)
   np_state = np.full(T, 1 / T)

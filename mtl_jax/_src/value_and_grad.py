@@ -178,17 +178,20 @@ def mtl_value_and_grad(losses_fn: Optional[Callable], method: Weighting, *, shar
         return losses, {}, aux
       return full
 
-    full = full_of(args)
-    fns = engine.LossFns(full)
-    if method.sub_batches > 1:   # k sub-batches: every positional argument split on axis 0
-      fns = engine.sub_batch_fns(lambda part, rng: engine.LossFns(full_of(part)), args,
-                                 method.sub_batches)
-    elif uses_split:
-      trunk, heads = _representation_fns(representation_fn, heads_fn, merge, num, args, kwargs,
+    def part_fns(part):
+      if not uses_split:
+        return engine.LossFns(full_of(part))
+      trunk, heads = _representation_fns(representation_fn, heads_fn, merge, num, part, kwargs,
                                          stacked_heads)
-      fns = engine.LossFns(full, trunk=lambda s: trunk(s, split['task']),
-                           heads=lambda z, t: heads(z, split['shared'], t),
-                           merge=lambda a, b: None, num_tasks=num)
+      return engine.LossFns(full_of(part), trunk=lambda s: trunk(s, split['task']),
+                            heads=lambda z, t: heads(z, split['shared'], t),
+                            merge=lambda a, b: None, num_tasks=num)
+
+    fns = engine.LossFns(full_of(args))
+    if method.sub_batches > 1:   # k sub-batches: every positional argument split on axis 0
+      fns = engine.sub_batch_fns(lambda part, rng: part_fns(part), args, method.sub_batches)
+    elif uses_split:
+      fns = part_fns(args)
     out = engine.task_gradients(method, split, state, key, jnp.asarray(step, jnp.int32), fns,
                                 options)
     grads = merge(out.grads['shared'], out.grads['task'])

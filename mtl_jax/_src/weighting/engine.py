@@ -28,7 +28,8 @@ sub-batches (MoDo, SDMGrad, FORUM) get their k T rows from T pullbacks, the sub-
 running on k copies of the shared parameters (``_sub_batch_rows``): in modes 'gram' and
 'auto' (where a dense layer's copy axis is a dot batch dimension: ``pays_off``), G over
 (task, copy) pairs from the same layer rules and d from one VJP; in 'param' the k T rows of
-J.
+J.  With a trunk/heads split, one head backward pass gives every dL_t/dz on every part and
+only the trunk is pulled back (``_sub_batch_representation``).
 
 ``mode='rep'``: the rows are the per-task gradients dL_t/dz of the shared representation; the
 combined cotangent sum_t alpha_t dL_t/dz is pushed through the trunk exactly, in one VJP
@@ -323,7 +324,9 @@ def sub_batch_fns(bind: Callable, batch, k: int, rng=None) -> LossFns:
   model runs on each part separately (``vmap``), with its own dropout key: the parts' per-task
   losses are independent estimates, as MoDo and SDMGrad need.  ``full`` returns the k * T
   losses, sub-batch major; auxiliary losses and the model's new floating-point state (batch
-  statistics) are averaged over the parts.
+  statistics) are averaged over the parts.  Where a part's functions have a trunk and heads,
+  so do these: ``trunk(shared_k) -> (z_k, state)`` (part b on copy b) and
+  ``heads(z_kt [k, T, ...], task) -> (k T losses, state)``.
 
   Raises:
     ValueError: if a leaf's leading size is not a multiple of k.
@@ -352,7 +355,22 @@ def sub_batch_fns(bind: Callable, batch, k: int, rng=None) -> LossFns:
         {'shared': shared, 'task': task})
     return merged(*jax.vmap(one)(parts, keys, shared_k))
 
-  return LossFns(full, sub_batches=k, parts=per_part)
+  probe = bind(jax.tree.map(lambda x: x[0], parts), None)     # its split, if any (not run)
+  if probe.trunk is None or probe.heads is None:
+    return LossFns(full, sub_batches=k, parts=per_part)
+
+  def trunk(shared_k):
+    one = lambda part, r, shared: bind(part, r if rng is not None else None).trunk(shared)
+    z, model_state = jax.vmap(one)(parts, keys, shared_k)
+    return z, jax.tree.map(mean, model_state)
+
+  def heads(z_kt, task):
+    one = lambda part, r, z: bind(part, r if rng is not None else None).heads(z, task)
+    losses, model_state = jax.vmap(one)(parts, keys, z_kt)
+    return losses.reshape(-1), jax.tree.map(mean, model_state)
+
+  return LossFns(full, trunk, heads, probe.merge, probe.num_tasks, sub_batches=k,
+                 parts=per_part)
 
 
 def _loss_only(method, params, state, key, step, fns, options, subset):
@@ -476,6 +494,8 @@ def _sub_batch_rows(method, params, state, key, step, fns, options, subset):
   they pay off (always in mode 'gram'), and d from one VJP summed over the copies; else the
   rows of J, as ``_whole_network``'s Jacobian path."""
   del subset
+  if fns.trunk is not None and fns.heads is not None:
+    return _sub_batch_representation(method, params, state, key, step, fns, options)
   k = fns.sub_batches
   shared_k = jax.tree.map(lambda x: jnp.broadcast_to(x, (k,) + x.shape), params['shared'])
   parts = _flat_losses(lambda p: fns.parts(p['shared'], p['task']))
@@ -524,6 +544,50 @@ def _sub_batch_rows(method, params, state, key, step, fns, options, subset):
     task = vjp_fn(_with_aux(heads, aux_losses))[1]
   return EngineOutput(losses, aux_losses, {'shared': shared, 'task': task}, weights,
                       new_state, model_state, diagnostics, g)
+
+
+def _sub_batch_representation(method, params, state, key, step, fns, options):
+  """``_sub_batch_rows`` through a trunk/heads split: one head backward pass gives every
+  dL_bt/dz_b (task t's loss on part b, part b's representation), then T trunk pullbacks on
+  the k copies give the k T rows (G over copies in the Gramian mode, else J), and one more
+  trunk VJP of sum_bt w_bt dL_bt/dz_b gives d."""
+  k, num = fns.sub_batches, fns.num_tasks
+  shared_k = jax.tree.map(lambda x: jnp.broadcast_to(x, (k,) + x.shape), params['shared'])
+  gram_mode = method.needs is Needs.GRAM and options.mode in ('gram', 'auto')
+  z, trunk_vjp, trunk_state, r = _pullback(
+      fns.trunk, shared_k, options=options if gram_mode else Options('param'), copies=k)
+  z_kt = jax.tree.map(lambda a: jnp.broadcast_to(a[:, None], (k, num) + a.shape[1:]), z)
+  losses, head_vjp, heads_state = jax.vjp(fns.heads, z_kt, params['task'], has_aux=True)
+  rep = head_vjp(jnp.ones_like(losses))[0]                 # [k, T, ...]: dL_bt / dz_b
+  rows_t = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), rep)   # row t: copy b's dL_bt/dz_b
+  size = k * num
+  order = (jnp.arange(size) % num) * k + jnp.arange(size) // num   # (b, t) -> row t k + b
+  task_major = None
+  if r is not None and (options.mode == 'gram' or pays_off(r.taps, num, copies=k)):
+    jac, g_in = None, r.gram(rows_t)[order][:, order]
+  else:
+    by_task = jax.vmap(lambda c: trunk_vjp(c)[0])(rows_t)           # [T, k, ...]
+    task_major = jax.tree.map(lambda x: x.reshape((size,) + x.shape[2:]), by_task)
+    if method.needs is Needs.GRAM:
+      jac, g_in = None, gram(task_major, size)[order][:, order]
+    else:
+      jac, g_in = jax.tree.map(lambda x: x[order], task_major), None
+  weights, new_state, diagnostics, g, direction = _run(method, losses, step, jac, state, key,
+                                                       size, g_in,
+                                                       **_bilevel(method, params, fns))
+  if direction is not None:
+    shared = direction
+  elif task_major is not None:
+    shared = weighted_sum(task_major, weights[jnp.argsort(order)].astype(losses.dtype))
+  else:
+    w_kt = weights.reshape(k, num).astype(losses.dtype)
+    cotangent = jax.tree.map(lambda a: jnp.einsum('bt,bt...->b...', w_kt, a), rep)
+    shared = jax.tree.map(task_sum, trunk_vjp(cotangent)[0])
+  weighted = (options.head_grads or method.head_grads) == 'weighted'
+  heads = weights.astype(losses.dtype) if weighted else _unweighted(method, None, losses, k)
+  task = head_vjp(heads)[1]
+  return EngineOutput(losses, {}, {'shared': shared, 'task': task}, weights, new_state,
+                      fns.merge(trunk_state, heads_state), diagnostics, g)
 
 
 def _through_representation(method, params, state, key, step, fns, options, subset):
