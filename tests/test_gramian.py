@@ -214,7 +214,7 @@ def test_gram_of_arbitrary_cotangent_rows_and_float64():
                                atol=1e-12 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize('policy', gramian.POLICIES)
+@pytest.mark.parametrize('policy', ['identity', 'explicit'])   # 'cheapest' picks one of them
 def test_gram_over_copies_equals_jacrev(policy):
   """``gram_vjp(copies=k)``: the layers run on k sub-batches, each with its own copy of the
   parameters (``vmap``); G over (row, copy) pairs is that of each copy's gradient, row

@@ -194,6 +194,15 @@ def build(config, workdir: str) -> Run:
   make_workdir(workdir)
   checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
                               max_to_keep=config.train.keep_checkpoints)
+  try:
+    return _build_with(config, workdir, checkpointer)
+  except BaseException:
+    checkpointer.close()      # no orbax thread left to run into the interpreter's exit
+    raise
+
+
+def _build_with(config, workdir: str, checkpointer: Checkpointer) -> Run:
+  """``build`` once its checkpointer is open."""
   config_path = os.path.join(workdir, 'config.json')
   if checkpointer.latest_step() is not None and os.path.exists(config_path):
     with open(config_path) as f:
@@ -420,7 +429,11 @@ def train_once(config: ml_collections.ConfigDict, workdir: str,
   'stopped'`` and its ``stop_reason`` (no metrics) and re-raises."""
   start_time = time.time()
   run = build(config, workdir)
-  state, start_step = init_or_restore(run, pretrained)
+  try:
+    state, start_step = init_or_restore(run, pretrained)
+  except BaseException:
+    run.checkpointer.close()
+    raise
   if start_step >= config.train.steps:
     print(f'{config.name}: already trained to step {start_step} in {workdir}; nothing to do '
           '(raise config.train.steps to train on)')

@@ -485,6 +485,22 @@ def _whole_network(method, params, state, key, step, fns, options, subset):
                       new_state, model_state, diagnostics, scatter_gram(g, subset, num))
 
 
+def _copy_rows(method, r, pull, cotangents, num, k, options):
+  """``(jac, g_in, task_major, order)`` for a sub-batch method's k T rows, copy b of task t's
+  pullback being g_bt: G over (task, copy) pairs from ``r`` (a ``gram_vjp`` result, or None)
+  where the Gramian mode applies, else the rows ``task_major`` [T k, ...] (row t k + b) from
+  ``pull(cotangents)`` [T, k, ...] and G or J for the method, in the method's sub-batch-major
+  order: its row b T + t is ``task_major[order[b T + t]]``."""
+  size = num * k
+  order = (jnp.arange(size) % num) * k + jnp.arange(size) // num
+  if r is not None and (options.mode == 'gram' or pays_off(r.taps, num, copies=k)):
+    return None, r.gram(cotangents)[order][:, order], None, order
+  task_major = jax.tree.map(lambda x: x.reshape((size,) + x.shape[2:]), pull(cotangents))
+  if method.needs is Needs.GRAM:
+    return None, gram(task_major, size)[order][:, order], task_major, order
+  return jax.tree.map(lambda x: x[order], task_major), None, task_major, order
+
+
 def _sub_batch_rows(method, params, state, key, step, fns, options, subset):
   """The k T rows of k sub-batches from T pullbacks: the sub-batches run on k copies of
   the shared parameters (``fns.parts``), so the pullback of task t's losses on every
@@ -511,17 +527,8 @@ def _sub_batch_rows(method, params, state, key, step, fns, options, subset):
   # task t on every sub-batch: copy b of its pullback is g_bt
   cotangents = jnp.tile(jnp.eye(per, dtype=all_losses.dtype), (1, k))
   cotangents = jnp.concatenate([cotangents, jnp.zeros((per, num_aux), cotangents.dtype)], 1)
-  # row b T + t (sub-batch major) is row t k + b of the task-major rows (copy b of task t)
-  order = (jnp.arange(num) % per) * k + jnp.arange(num) // per
-  if r is not None and (options.mode == 'gram' or pays_off(r.taps, per, copies=k)):
-    g_in, jac, task_major = r.gram(cotangents)[order][:, order], None, None
-  else:
-    by_task = rows(vjp_fn, cotangents, chunk_size=options.chunk_size, argnum=0)  # [T, k, ...]
-    task_major = jax.tree.map(lambda x: x.reshape((num,) + x.shape[2:]), by_task)
-    if method.needs is Needs.GRAM:
-      jac, g_in = None, gram(task_major, num)[order][:, order]
-    else:
-      jac, g_in = jax.tree.map(lambda x: x[order], task_major), None
+  pull = lambda c: rows(vjp_fn, c, chunk_size=options.chunk_size, argnum=0)   # [T, k, ...]
+  jac, g_in, task_major, order = _copy_rows(method, r, pull, cotangents, per, k, options)
   weights, new_state, diagnostics, g, direction = _run(method, losses, step, jac, state, key,
                                                        num, g_in,
                                                        **_bilevel(method, params, fns))
@@ -561,17 +568,8 @@ def _sub_batch_representation(method, params, state, key, step, fns, options):
   rep = head_vjp(jnp.ones_like(losses))[0]                 # [k, T, ...]: dL_bt / dz_b
   rows_t = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), rep)   # row t: copy b's dL_bt/dz_b
   size = k * num
-  order = (jnp.arange(size) % num) * k + jnp.arange(size) // num   # (b, t) -> row t k + b
-  task_major = None
-  if r is not None and (options.mode == 'gram' or pays_off(r.taps, num, copies=k)):
-    jac, g_in = None, r.gram(rows_t)[order][:, order]
-  else:
-    by_task = jax.vmap(lambda c: trunk_vjp(c)[0])(rows_t)           # [T, k, ...]
-    task_major = jax.tree.map(lambda x: x.reshape((size,) + x.shape[2:]), by_task)
-    if method.needs is Needs.GRAM:
-      jac, g_in = None, gram(task_major, size)[order][:, order]
-    else:
-      jac, g_in = jax.tree.map(lambda x: x[order], task_major), None
+  pull = jax.vmap(lambda c: trunk_vjp(c)[0])                       # [T, k, ...]
+  jac, g_in, task_major, order = _copy_rows(method, r, pull, rows_t, num, k, options)
   weights, new_state, diagnostics, g, direction = _run(method, losses, step, jac, state, key,
                                                        size, g_in,
                                                        **_bilevel(method, params, fns))
