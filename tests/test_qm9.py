@@ -1,0 +1,133 @@
+"""QM9 molecules: hand-checked graphs, the targets' units and atomisation energies, the split.
+
+Reads the first few hundred rows of ``qm9pack``'s CSV files (the optional extra ``qm9``).
+"""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from mtl_jax._src.data import qm9_molecules as qm9
+
+pytest.importorskip('rdkit')
+if importlib.util.find_spec('qm9pack') is None:
+  pytest.skip('qm9pack is not installed', allow_module_level=True)
+
+HARTREE_EV = 27.211386246          # CODATA 2018
+
+
+@pytest.fixture(scope='module')
+def rows():
+  """The first 214 molecules of the release, by their QM9 index."""
+  return {int(r['Index']): r for r in qm9.read_rows(214)}
+
+
+def _graph(row, features):
+  return qm9.molecule(*qm9.elements_and_positions(row), features=features)
+
+
+def _bond_counts(mol, symbols):
+  """{(symbol_i, symbol_j, type): count} with the two symbols sorted."""
+  counts = {}
+  for i, j, t in mol.bonds:
+    key = tuple(sorted((symbols[i], symbols[j]))) + (qm9.BOND_TYPES[t],)
+    counts[key] = counts.get(key, 0) + 1
+  return counts
+
+
+@pytest.mark.parametrize('features', qm9.FEATURES)
+def test_methane_and_water(rows, features):
+  """Methane (QM9 1) and water (QM9 3): one-hot, atomic number, sp3 (sanitised only), bonded
+  hydrogens; four C-H and two O-H single bonds."""
+  for index, centre, z, hydrogens in ((1, 'C', 6, 4), (3, 'O', 8, 2)):
+    symbols, _ = qm9.elements_and_positions(rows[index])
+    mol = _graph(rows[index], features)
+    assert mol.bond_orders_found
+    assert _bond_counts(mol, symbols) == {tuple(sorted(('H', centre))) + ('SINGLE',): hydrogens}
+    heavy = symbols.index(centre)
+    expected = np.zeros(11, np.float32)
+    expected[qm9.ELEMENTS.index(centre)] = 1
+    expected[5] = z
+    expected[9] = 1.0 if features == 'sanitized' else 0.0      # sp3
+    expected[10] = hydrogens
+    np.testing.assert_array_equal(mol.nodes[heavy], expected)
+    h = [i for i, s in enumerate(symbols) if s == 'H']
+    np.testing.assert_array_equal(mol.nodes[h, :6], [[1, 0, 0, 0, 0, 1]] * hydrogens)
+    np.testing.assert_array_equal(mol.nodes[h, 6:], 0)
+
+
+def test_benzene_bonds(rows):
+  """Benzene (QM9 214): six aromatic C-C bonds, aromatic sp2 carbons when sanitised; as
+  PyTorch Geometric reads the SDF (unsanitised, Kekule): three single and three double C-C
+  bonds that alternate around the ring, and no aromatic or hybridisation flags."""
+  row = rows[214]
+  assert row['SMILES'] == 'C1=CC=CC=C1'
+  symbols, _ = qm9.elements_and_positions(row)
+  carbons = [i for i, s in enumerate(symbols) if s == 'C']
+  sanitized = _graph(row, 'sanitized')
+  assert _bond_counts(sanitized, symbols) == {('C', 'C', 'AROMATIC'): 6, ('C', 'H', 'SINGLE'): 6}
+  np.testing.assert_array_equal(sanitized.nodes[carbons][:, 6:],
+                                [[1, 0, 1, 0, 1]] * 6)      # aromatic, sp2, one hydrogen
+  pyg = _graph(row, 'pyg')
+  assert _bond_counts(pyg, symbols) == {('C', 'C', 'SINGLE'): 3, ('C', 'C', 'DOUBLE'): 3,
+                                        ('C', 'H', 'SINGLE'): 6}
+  np.testing.assert_array_equal(pyg.nodes[carbons][:, 6:], [[0, 0, 0, 0, 1]] * 6)
+  ring = {}
+  for i, j, t in pyg.bonds:
+    if symbols[i] == symbols[j] == 'C':
+      ring.setdefault(i, []).append(t)
+      ring.setdefault(j, []).append(t)
+  assert all(sorted(ts) == [0, 1] for ts in ring.values())   # each carbon: one single, one double
+
+
+def test_targets_units_and_atomisation_energy(rows):
+  """Methane: the atomisation energy U0 - (U0(C) + 4 U0(H)) of the release's reference table,
+  in eV; HOMO in eV; the other targets as stored."""
+  y = qm9.targets(rows[1])
+  assert qm9.TARGETS == ('mu', 'alpha', 'homo', 'lumo', 'r2', 'zpve', 'u0', 'u', 'h', 'g', 'cv')
+  u0_ev = (-40.47893 - (-37.846772 + 4 * -0.500273)) * HARTREE_EV
+  g_ev = (-40.498597 - (-37.861317 + 4 * -0.510927)) * HARTREE_EV
+  np.testing.assert_allclose(y[6], u0_ev, rtol=1e-12)
+  np.testing.assert_allclose(y[9], g_ev, rtol=1e-12)
+  assert -18.0 < y[6] < -17.0                                 # methane: about -17.2 eV
+  np.testing.assert_allclose(y[[0, 1, 4, 10]], [0.0, 13.21, 35.3641, 6.469])
+  np.testing.assert_allclose(y[2], -0.3877 * HARTREE_EV)
+  np.testing.assert_allclose(y[5], 0.044749 * HARTREE_EV)
+  assert qm9.REPORT_SCALE['u0'] == 1000.0 and qm9.REPORT_SCALE['mu'] == 1.0
+
+
+def test_split_sizes_and_disjointness():
+  split = qm9.split_indices(500, seed=3, test=100, validation=50)
+  assert {k: len(v) for k, v in split.items()} == {'test': 100, 'validation': 50, 'train': 350}
+  together = np.concatenate(list(split.values()))
+  np.testing.assert_array_equal(np.sort(together), np.arange(500))       # disjoint, complete
+  again = qm9.split_indices(500, seed=3, test=100, validation=50)
+  assert all(np.array_equal(split[k], again[k]) for k in split)           # seeded
+  other = qm9.split_indices(500, seed=4, test=100, validation=50)
+  assert not np.array_equal(split['test'], other['test'])
+  with pytest.raises(ValueError, match='must leave training molecules'):
+    qm9.split_indices(100, test=60, validation=40)
+
+
+def test_missing_package_names_the_extra(monkeypatch):
+  monkeypatch.setattr(importlib.util, 'find_spec', lambda name: None)
+  with pytest.raises(ImportError, match=r"qm9pack.*pip install -e '\.\[qm9\]'"):
+    next(qm9.read_rows(1))
+
+
+def test_bad_feature_mode(rows):
+  with pytest.raises(ValueError, match="features must be one of"):
+    _graph(rows[1], 'rdkit')
+
+
+def test_perceived_bonds_match_the_release_smiles():
+  """The bonds perceived from the coordinates give the release's own SMILES (canonical, without
+  stereo) for the first 300 molecules: an independent check of the graphs."""
+  from rdkit import Chem
+  for row in qm9.read_rows(300):
+    mol, found = qm9._rdkit_molecule(*qm9.elements_and_positions(row))
+    assert found, row['Index']
+    got = Chem.MolToSmiles(Chem.RemoveAllHs(mol), isomericSmiles=False)
+    expected = Chem.MolToSmiles(Chem.MolFromSmiles(row['SMILES']), isomericSmiles=False)
+    assert got == expected, (row['Index'], row['SMILES'], got)
