@@ -29,6 +29,12 @@ perception instead (aromatic rings and bonds, sp/sp2/sp3).  The difference that 
 'pyg': where a conjugated system has several Kekule structures, the double bonds RDKit places
 can differ from the SDF's; and a molecule whose bond orders RDKit cannot assign at charge 0
 keeps its connectivity with single bonds (``Molecule.bond_orders_found`` False).
+
+Checked over all 130 831 molecules (2026-12-02, RDKit 2026.09.1, 54 s): bond orders found for
+all but 2 (QM9 133831 and 133850); the perceived molecule gives the release's own SMILES
+(canonical, without stereo, hydrogens removed) for 130 606 of the others; of the 223 that
+differ, 221 are zwitterions whose charges RDKit places on other atoms of the same resonance
+system or tautomer (e.g. QM9 1642, C[NH+]=C(N)C([O-])=O read as CNC(=[NH2+])C(=O)[O-]).
 """
 
 import contextlib
