@@ -15,6 +15,7 @@ from mtl_jax._src.models import gated_fusion  # noqa: F401
 from mtl_jax._src.models import independent  # noqa: F401
 from mtl_jax._src.models import lenet  # noqa: F401
 from mtl_jax._src.models import mlp  # noqa: F401
+from mtl_jax._src.models import mpnn  # noqa: F401
 from mtl_jax._src.models import mtan  # noqa: F401
 from mtl_jax._src.models import ple  # noqa: F401
 from mtl_jax._src.models import shared_bottom  # noqa: F401
