@@ -80,6 +80,7 @@ class MPNN(nn.Module):
   steps: int = 3
   set2set_steps: int = 3
   edge_hidden: int = 128
+  dropout: float = 0.0
 
   @property
   def stage_names(self) -> tuple[str, ...]:
@@ -87,7 +88,6 @@ class MPNN(nn.Module):
 
   @nn.compact
   def __call__(self, inputs, train: bool = False, hook: Optional[Hook] = None):
-    del train
     _check_inputs(inputs)
     nodes = inputs['nodes']
     batch, size = nodes.shape[:2]
@@ -110,16 +110,21 @@ class MPNN(nn.Module):
           batch * size, self.dim)
     q = Set2Set(self.set2set_steps, name='set2set')(flat.reshape(batch, size, self.dim),
                                                      node_mask)
-    return run_hook(hook, 'readout', nn.relu(nn.Dense(self.dim, name='lin')(q)))
+    z = nn.relu(nn.Dense(self.dim, name='lin')(q))
+    if self.dropout > 0:
+      z = nn.Dropout(self.dropout, deterministic=not train)(z)
+    return run_hook(hook, 'readout', z)
 
 
 @registry.BACKBONES.register('mpnn')
-def mpnn(dim=64, steps=3, set2set_steps=3, edge_hidden=128):
+def mpnn(dim=64, steps=3, set2set_steps=3, edge_hidden=128, dropout=0.0):
   """The QM9 ``MPNN`` (Gilmer et al. 2017, as the MTL papers train it): node width ``dim``,
   ``steps`` message-passing steps, ``set2set_steps`` readout steps, an edge network with
-  ``edge_hidden`` units."""
+  ``edge_hidden`` units, and ``dropout`` on its output (0: none, as the papers)."""
   for name, value in (('dim', dim), ('steps', steps), ('set2set_steps', set2set_steps),
                       ('edge_hidden', edge_hidden)):
     if type(value) is not int or value < 1:  # pylint: disable=unidiomatic-typecheck
       raise ValueError(f'mpnn.{name}: must be a positive integer, got {value!r}')
-  return MPNN(dim, steps, set2set_steps, edge_hidden)
+  if not 0.0 <= dropout < 1.0:
+    raise ValueError(f'mpnn.dropout: must be in [0, 1), got {dropout!r}')
+  return MPNN(dim, steps, set2set_steps, edge_hidden, dropout)
