@@ -154,3 +154,49 @@ def test_cache_round_trips(tmp_path):
   assert again.data_path == builder.data_path and len(again.as_data_source(split='all')) == 40
   with pytest.raises(ValueError, match='features must be one of'):
     qm9_builder.Qm9Config(name='x', features='none')
+
+
+def test_data_set_records_splits_and_standardisation(tmp_path):
+  """'qm9' on the first 40 molecules: split sizes; each record the padded complete graph with
+  the molecule's distances and bonds; labels standardised with the training statistics (the
+  training labels then have mean 0, std 1); the MPNN and a head run on a batch."""
+  import jax
+  from mtl_jax import data, models
+  from mtl_jax._src.data import qm9 as qm9_data
+  ds = data.load('qm9', data_dir=str(tmp_path), limit=40, test=8, validation=7, max_atoms=16)
+  assert [len(ds.splits[s]) for s in ('train', 'val', 'test')] == [25, 7, 8]
+  assert ds.tasks.names == qm9.TARGETS
+  rows = list(qm9.read_rows(40))
+  split = qm9.split_indices(40, 0, 8, 7)
+  k = int(split['train'][3])
+  record, row = ds.splits['train'][3], rows[k]
+  symbols, positions = qm9.elements_and_positions(row)
+  n, g = len(symbols), record['inputs']
+  assert g['node_mask'].sum() == n and g['edge_mask'].sum() == n * (n - 1)
+  s, r = g['senders'][:n * (n - 1)], g['receivers'][:n * (n - 1)]
+  assert np.all(s != r) and len(set(zip(s, r))) == n * (n - 1)
+  np.testing.assert_allclose(g['edges'][:n * (n - 1), 4],
+                             np.linalg.norm(positions[s] - positions[r], axis=1), rtol=1e-6)
+  mol = _graph(row, 'pyg')
+  bonded = {(a, b): t for a, b, t in mol.bonds} | {(b, a): t for a, b, t in mol.bonds}
+  for e, (a, b) in enumerate(zip(s, r)):
+    hot = np.zeros(4)
+    if (a, b) in bonded:
+      hot[bonded[(a, b)]] = 1
+    np.testing.assert_array_equal(g['edges'][e, :4], hot)
+  train_y = np.array([[ds.splits['train'][i]['labels'][t][0] for t in qm9.TARGETS]
+                      for i in range(25)])
+  np.testing.assert_allclose(train_y.mean(0), 0, atol=1e-5)
+  np.testing.assert_allclose(train_y.std(0), 1, rtol=1e-4)
+  raw = qm9.targets(row)
+  np.testing.assert_allclose(record['labels']['u0'][0] * ds.stats.std[6] + ds.stats.mean[6],
+                             raw[6], rtol=1e-6)
+  batch = data.take(ds.splits['val'], np.arange(4))
+  model = models.get('shared_bottom', ds.tasks, models.get_backbone('mpnn', dim=8,
+                                                                    edge_hidden=8))
+  variables = model.init(jax.random.PRNGKey(0), batch['inputs'])
+  preds = model.apply(variables, batch['inputs'])
+  assert set(preds) == set(qm9.TARGETS) and preds['mu'].shape == (4, 1)
+  with pytest.raises(ValueError, match='more than max_atoms=3'):
+    qm9_data.complete_graph({'nodes': np.zeros((5, 11)), 'positions': np.zeros((5, 3)),
+                             'bonds': np.zeros((0, 3)), 'index': 7}, 3)

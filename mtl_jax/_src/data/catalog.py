@@ -9,4 +9,5 @@
 from mtl_jax._src.data import celeb_a
 from mtl_jax._src.data import census_income
 from mtl_jax._src.data import multimnist
+from mtl_jax._src.data import qm9
 from mtl_jax._src.data import synthetic
