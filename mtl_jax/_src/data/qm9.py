@@ -2,7 +2,8 @@
 
 The protocol of Nash-MTL (Navon et al. 2022), FAMO (Liu et al. 2023) and FairGrad (Ban and Ji
 2024): the 11 targets of ``qm9_molecules.TARGETS``, each standardised with the training split's
-mean and standard deviation (``load(...).stats``, to report errors in the original units); the
+mean and standard deviation (``load(...).stats``); each task's metric ``mae_unscaled`` is its
+mean absolute error in the original units (energies in meV), as the papers report it; the
 split a seeded permutation of the molecules, the first ``test`` the test set, the next
 ``validation`` the validation set, the rest training.
 
@@ -23,6 +24,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from mtl_jax._src import losses as losses_lib
+from mtl_jax._src import metrics as metrics_lib
 from mtl_jax._src import registry
 from mtl_jax._src import tasks as tasks_lib
 from mtl_jax._src.data import qm9_builder
@@ -96,6 +99,35 @@ def make_transform(stats: Stats, max_atoms: int):
   return transform
 
 
+class _ScaledError:
+  """|p - y| times ``scale``: on standardised targets, the error in the original units."""
+
+  def __init__(self, scale: float):
+    self.scale = float(scale)
+
+  def __call__(self, pred, label):
+    return losses_lib.absolute_error(pred, label) * self.scale
+
+  def __eq__(self, other):
+    return isinstance(other, _ScaledError) and other.scale == self.scale
+
+  def __hash__(self):
+    return hash(self.scale)
+
+
+def make_tasks(stats: Stats) -> tasks_lib.TaskSet:
+  """The 11 regression tasks on standardised targets, each with metrics mse and mae (in
+  standard deviations) and ``mae_unscaled``: the mean absolute error in the target's own
+  units (``qm9_molecules.UNITS``: energies in meV), the figure the papers report."""
+  tasks = []
+  for k, name in enumerate(qm9.TARGETS):
+    scale = stats.std[k] * qm9.REPORT_SCALE[name]
+    unscaled = metrics_lib.Metric('mae_unscaled', _ScaledError(scale), higher_is_better=False)
+    tasks.append(tasks_lib.Task(name, 'regression', 1, losses_lib.squared_error,
+                                (metrics_lib.MSE, metrics_lib.MAE, unscaled)))
+  return tasks_lib.TaskSet(tasks)
+
+
 @registry.DATASETS.register('qm9')
 def load(data_dir: Optional[str] = None, *, features: str = 'pyg', limit: Optional[int] = None,
          split_seed: int = 0, test: int = 10000, validation: int = 10000,
@@ -120,7 +152,6 @@ def load(data_dir: Optional[str] = None, *, features: str = 'pyg', limit: Option
   transform = make_transform(stats, max_atoms)
   splits = {SPLITS[s]: RecordSource(_Subset(source, split[s]), transform, f'qm9/{SPLITS[s]}')
             for s in SPLITS}
-  tasks = tasks_lib.TaskSet([tasks_lib.regression(t) for t in qm9.TARGETS])
-  dataset = MultiTaskDataset('qm9', tasks, splits)
+  dataset = MultiTaskDataset('qm9', make_tasks(stats), splits)
   dataset.stats = stats
   return dataset
