@@ -63,7 +63,6 @@ def test_padding_changes_nothing(net):
   apply, params = net
   rng = np.random.default_rng(3)
   small = _graph(4, rng, 4, 12)
-  big = {k: v for k, v in small.items()}
   big = _graph(4, np.random.default_rng(3), 9, 40)       # the same graph, more padding
   big['nodes'][4:] = 7.0                                  # garbage in the padding
   big['edges'][12:] = -3.0

@@ -20,6 +20,7 @@ every ordered pair of distinct atoms being an edge, in row-major order of (sende
 The ``mpnn`` backbone reads this dict.  The cache is ``qm9_builder``'s (built on first use).
 """
 
+import dataclasses
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -123,8 +124,8 @@ def make_tasks(stats: Stats) -> tasks_lib.TaskSet:
   for k, name in enumerate(qm9.TARGETS):
     scale = stats.std[k] * qm9.REPORT_SCALE[name]
     unscaled = metrics_lib.Metric('mae_unscaled', _ScaledError(scale), higher_is_better=False)
-    tasks.append(tasks_lib.Task(name, 'regression', 1, losses_lib.squared_error,
-                                (metrics_lib.MSE, metrics_lib.MAE, unscaled)))
+    task = tasks_lib.regression(name)
+    tasks.append(dataclasses.replace(task, metrics=task.metrics + (unscaled,)))
   return tasks_lib.TaskSet(tasks)
 
 

@@ -136,7 +136,7 @@ def _rdkit_molecule(elements, positions):
   for hueckel in (False, True):      # the distance rule, then extended Hueckel connectivity
     mol = Chem.MolFromXYZBlock(block)
     try:
-      with _quiet_stdout():            # YAeHMOP (Hueckel) prints warnings from C
+      with _quiet():            # YAeHMOP (Hueckel) prints warnings from C
         rdDetermineBonds.DetermineBonds(mol, charge=0, useHueckel=hueckel)
       return mol, True
     except ValueError:
@@ -147,7 +147,7 @@ def _rdkit_molecule(elements, positions):
 
 
 @contextlib.contextmanager
-def _quiet_stdout():
+def _quiet():
   """File descriptors 1 and 2 sent to /dev/null for the duration (C libraries' prints)."""
   sys.stdout.flush()
   sys.stderr.flush()

@@ -340,6 +340,7 @@ def sub_batch_fns(bind: Callable, batch, k: int, rng=None) -> LossFns:
 
   mean = lambda x: (jnp.mean(x, 0).astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating)
                     else x[0])
+  bound = lambda part, r: bind(part, r if rng is not None else None)   # part's LossFns
 
   def merged(losses, aux, model_state):
     """The k parts' outputs as one batch's: k T losses, mean aux losses, mean state."""
@@ -347,12 +348,11 @@ def sub_batch_fns(bind: Callable, batch, k: int, rng=None) -> LossFns:
             jax.tree.map(mean, model_state))
 
   def full(params):
-    one = lambda part, r: bind(part, r if rng is not None else None).full(params)
+    one = lambda part, r: bound(part, r).full(params)
     return merged(*jax.vmap(one)(parts, keys))
 
   def per_part(shared_k, task):
-    one = lambda part, r, shared: bind(part, r if rng is not None else None).full(
-        {'shared': shared, 'task': task})
+    one = lambda part, r, shared: bound(part, r).full({'shared': shared, 'task': task})
     return merged(*jax.vmap(one)(parts, keys, shared_k))
 
   probe = bind(jax.tree.map(lambda x: x[0], parts), None)     # its split, if any (not run)
@@ -360,12 +360,12 @@ def sub_batch_fns(bind: Callable, batch, k: int, rng=None) -> LossFns:
     return LossFns(full, sub_batches=k, parts=per_part)
 
   def trunk(shared_k):
-    one = lambda part, r, shared: bind(part, r if rng is not None else None).trunk(shared)
+    one = lambda part, r, shared: bound(part, r).trunk(shared)
     z, model_state = jax.vmap(one)(parts, keys, shared_k)
     return z, jax.tree.map(mean, model_state)
 
   def heads(z_kt, task):
-    one = lambda part, r, z: bind(part, r if rng is not None else None).heads(z, task)
+    one = lambda part, r, z: bound(part, r).heads(z, task)
     losses, model_state = jax.vmap(one)(parts, keys, z_kt)
     return losses.reshape(-1), jax.tree.map(mean, model_state)
 
@@ -434,11 +434,6 @@ def _gram_of(r, options: Options, num_rows: int):
   return r.gram
 
 
-def _materialized(jac):
-  """J written once, row-major, for a method that reads it itself (``jacobian.row_major``)."""
-  return row_major(jac)
-
-
 def _whole_network(method, params, state, key, step, fns, options, subset):
   """Rows of J from vmapped pullbacks through the whole network, or G from the layer rules
   (Gramian mode) and then d and the heads from one VJP with cotangent (alpha, 1_K)."""
@@ -466,7 +461,7 @@ def _whole_network(method, params, state, key, step, fns, options, subset):
       aux_row = _with_aux(jnp.zeros_like(losses), aux_losses)[None]
       cotangents = jnp.concatenate([cotangents, aux_row])
     jac = rows(vjp_fn, cotangents, chunk_size=options.chunk_size, argnum=0)
-    jac = _materialized(jac) if method.needs is Needs.JACOBIAN else jac
+    jac = row_major(jac) if method.needs is Needs.JACOBIAN else jac
     aux_grad = jax.tree.map(lambda leaf: leaf[used], jac) if num_aux else None
     jac = jax.tree.map(lambda leaf: leaf[:used], jac) if num_aux else jac
     weights, new_state, diagnostics, g, direction = _run(method, picked, step, jac, state,
@@ -483,6 +478,23 @@ def _whole_network(method, params, state, key, step, fns, options, subset):
     task = vjp_fn(_with_aux(active, aux_losses))[1]
   return EngineOutput(losses, aux_losses, {'shared': shared, 'task': task}, weights,
                       new_state, model_state, diagnostics, scatter_gram(g, subset, num))
+
+
+def _on_copies(method, fn, shared, others, options, k):
+  """``_pullback`` of ``fn(shared_k, *others)`` on k copies of the shared parameters: with the
+  Gramian over copies for a GRAM method in modes 'gram' and 'auto', else a plain VJP."""
+  shared_k = jax.tree.map(lambda x: jnp.broadcast_to(x, (k,) + x.shape), shared)
+  gram_mode = method.needs is Needs.GRAM and options.mode in ('gram', 'auto')
+  return _pullback(fn, shared_k, *others, options=options if gram_mode else Options('param'),
+                   copies=k)
+
+
+def _head_cotangent(method, options, weights, losses, k):
+  """``(weighted, cotangent)`` of the task-specific parameters for k sub-batches' k T losses:
+  the method's weights, or the unweighted batch mean."""
+  weighted = (options.head_grads or method.head_grads) == 'weighted'
+  return weighted, (weights.astype(losses.dtype) if weighted
+                    else _unweighted(method, None, losses, k))
 
 
 def _copy_rows(method, r, pull, cotangents, num, k, options):
@@ -513,13 +525,10 @@ def _sub_batch_rows(method, params, state, key, step, fns, options, subset):
   if fns.trunk is not None and fns.heads is not None:
     return _sub_batch_representation(method, params, state, key, step, fns, options)
   k = fns.sub_batches
-  shared_k = jax.tree.map(lambda x: jnp.broadcast_to(x, (k,) + x.shape), params['shared'])
   parts = _flat_losses(lambda p: fns.parts(p['shared'], p['task']))
   fn = lambda shared_k, task: parts({'shared': shared_k, 'task': task})
-  gram_mode = method.needs is Needs.GRAM and options.mode in ('gram', 'auto')
-  all_losses, vjp_fn, (aux_losses, model_state), r = _pullback(
-      fn, shared_k, params['task'], options=options if gram_mode else Options('param'),
-      copies=k)
+  all_losses, vjp_fn, (aux_losses, model_state), r = _on_copies(
+      method, fn, params['shared'], (params['task'],), options, k)
   num_aux = len(aux_losses)
   num = all_losses.shape[0] - num_aux                    # k T
   per = num // k
@@ -532,8 +541,7 @@ def _sub_batch_rows(method, params, state, key, step, fns, options, subset):
   weights, new_state, diagnostics, g, direction = _run(method, losses, step, jac, state, key,
                                                        num, g_in,
                                                        **_bilevel(method, params, fns))
-  weighted = (options.head_grads or method.head_grads) == 'weighted'
-  heads = weights.astype(losses.dtype) if weighted else _unweighted(method, None, losses, k)
+  weighted, heads = _head_cotangent(method, options, weights, losses, k)
   copy_sum = lambda tree: jax.tree.map(task_sum, tree)
   if task_major is None:             # d and the auxiliary gradient from one VJP
     shared_k_grad, task = vjp_fn(_with_aux(weights.astype(losses.dtype), aux_losses))
@@ -559,10 +567,7 @@ def _sub_batch_representation(method, params, state, key, step, fns, options):
   the k copies give the k T rows (G over copies in the Gramian mode, else J), and one more
   trunk VJP of sum_bt w_bt dL_bt/dz_b gives d."""
   k, num = fns.sub_batches, fns.num_tasks
-  shared_k = jax.tree.map(lambda x: jnp.broadcast_to(x, (k,) + x.shape), params['shared'])
-  gram_mode = method.needs is Needs.GRAM and options.mode in ('gram', 'auto')
-  z, trunk_vjp, trunk_state, r = _pullback(
-      fns.trunk, shared_k, options=options if gram_mode else Options('param'), copies=k)
+  z, trunk_vjp, trunk_state, r = _on_copies(method, fns.trunk, params['shared'], (), options, k)
   z_kt = jax.tree.map(lambda a: jnp.broadcast_to(a[:, None], (k, num) + a.shape[1:]), z)
   losses, head_vjp, heads_state = jax.vjp(fns.heads, z_kt, params['task'], has_aux=True)
   rep = head_vjp(jnp.ones_like(losses))[0]                 # [k, T, ...]: dL_bt / dz_b
@@ -581,9 +586,7 @@ def _sub_batch_representation(method, params, state, key, step, fns, options):
     w_kt = weights.reshape(k, num).astype(losses.dtype)
     cotangent = jax.tree.map(lambda a: jnp.einsum('bt,bt...->b...', w_kt, a), rep)
     shared = jax.tree.map(task_sum, trunk_vjp(cotangent)[0])
-  weighted = (options.head_grads or method.head_grads) == 'weighted'
-  heads = weights.astype(losses.dtype) if weighted else _unweighted(method, None, losses, k)
-  task = head_vjp(heads)[1]
+  task = head_vjp(_head_cotangent(method, options, weights, losses, k)[1])[1]
   return EngineOutput(losses, {}, {'shared': shared, 'task': task}, weights, new_state,
                       fns.merge(trunk_state, heads_state), diagnostics, g)
 
@@ -616,7 +619,7 @@ def _through_representation(method, params, state, key, step, fns, options, subs
       chunk = options.chunk_size
       jac = (jax.vmap(pull)(rep_jac) if chunk is None or chunk >= used
              else jax.lax.map(pull, rep_jac, batch_size=chunk))
-      jac = _materialized(jac) if method.needs is Needs.JACOBIAN else jac
+      jac = row_major(jac) if method.needs is Needs.JACOBIAN else jac
     rep = z if options.mode == 'rep' else None
     weights, new_state, diagnostics, g, direction = _run(method, picked, step, jac, state,
                                                          key, used, representation=rep)

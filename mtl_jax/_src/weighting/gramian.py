@@ -325,7 +325,6 @@ def tap_costs(tap: Tap, k: int, copies: int = 1):
     nb, n, c, r = _dot_sizes(tap)
     rest = nb // copies
     pairs = copies * (copies + 1) / 2 * rest              # blocks a <= b of G
-
     return pairs * n * n * (c + k * r) + pairs * k * k * n * r, explicit
   if name == 'gather':
     sizes = _gather_sizes(tap)
@@ -363,7 +362,8 @@ def pays_off(taps: dict, k: int, copies: int = 1) -> bool:
 
 def _copy_dims(tap: Tap):
   """For a dense tap whose parameter keeps its leaf's layout and whose leading (copy) axis is
-  a dot batch dimension: the positions of that dimension in x's and in W's batch lists."""
+  a dot batch dimension: that dimension's position in the dot's batch lists (the same for x
+  and W); else None."""
   if tap.eqn.primitive.name != 'dot_general' or not tap.direct:
     return None
   batch = tap.eqn.params['dimension_numbers'][1]
