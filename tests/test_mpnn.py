@@ -88,3 +88,31 @@ def test_bad_inputs_and_options():
     backbone.init(jax.random.PRNGKey(0), jnp.ones((2, 3)))
   with pytest.raises(ValueError, match=r'mpnn.dim: must be a positive integer'):
     models.get_backbone('mpnn', dim=0)
+
+
+def test_edge_conv_equals_per_edge_weight_matrices():
+  """The reassociated contraction equals NNConv as PyTorch Geometric writes it, in NumPy: a
+  [d, d] matrix Theta(e) per edge, h_j Theta(e_ji) averaged over the edges into i."""
+  from mtl_jax._src.models import mpnn          # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(5)
+  d, hidden, size = 3, 4, 5
+  g = _graph(4, rng, size, 16, edge_features=2)
+  g['edge_mask'][[1, 7]] = False                          # not complete: two edges missing
+  batch = {k: v[None] for k, v in _batch([g]).items()}
+  grid = lambda v: mpnn.pair_grid(jnp.asarray(v), batch['senders'][0], batch['receivers'][0],
+                                  jnp.asarray(batch['edge_mask'][0], jnp.float32), size)
+  h = rng.normal(size=(1, size, d)).astype(np.float32)
+  conv = mpnn.EdgeConv(d, hidden)
+  args = (h, grid(batch['edges'][0]), grid(batch['edge_mask'][0].astype(np.float32)))
+  params = conv.init(jax.random.PRNGKey(1), *args)
+  got = conv.apply(params, *args)[0]
+  p = jax.tree.map(np.asarray, params['params'])
+  want = h[0] @ p['root']['kernel'] + p['root']['bias']
+  total, count = np.zeros((size, d)), np.zeros(size)
+  for e in np.flatnonzero(g['edge_mask']):
+    a = np.maximum(g['edges'][e] @ p['edge_in']['kernel'] + p['edge_in']['bias'], 0)
+    theta = (a @ p['edge_out']['kernel'] + p['edge_out']['bias']).reshape(d, d)
+    total[g['receivers'][e]] += h[0, g['senders'][e]] @ theta
+    count[g['receivers'][e]] += 1
+  want = want + total / np.maximum(count, 1)[:, None]
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

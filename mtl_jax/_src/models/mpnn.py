@@ -13,9 +13,10 @@ FairGrad train it on QM9 (all of it shared; the task heads read its output):
 
 Graphs come padded, each to its own static budget: inputs ``{'nodes': [B, N, F], 'node_mask':
 [B, N], 'edges': [B, E, C], 'senders': [B, E], 'receivers': [B, E], 'edge_mask': [B, E]}``
-(indices local to the graph).  Messages are summed with ``jax.ops.segment_sum`` over the
-flattened batch (B N segments), so every batch has the same shapes and the step compiles once;
-padded nodes and edges carry no message and get no weight in the readout.
+(indices local to the graph; distinct ordered pairs).  Each edge is scattered to its
+(sender, receiver) cell of its graph's [N, N] grid, and messages are summed over the grid by
+dense contractions (``EdgeConv``), so every batch has the same shapes and the step compiles
+once; padded nodes and edges carry no message and get no weight in the readout.
 """
 
 from typing import Optional
@@ -37,21 +38,57 @@ def _check_inputs(inputs) -> None:
                      f'got {got}')
 
 
+class _DenseParams(nn.Module):
+  """The kernel [in, out] and bias [out] of a dense layer (``nn.Dense``'s initialisers), for
+  a contraction ordered by hand."""
+  features: int
+
+  @nn.compact
+  def __call__(self, fan_in: int):
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (fan_in, self.features))
+    return kernel, self.param('bias', nn.initializers.zeros_init(), (self.features,))
+
+
+def pair_grid(values, senders, receivers, edge_mask, size: int):
+  """Scatters per-edge ``values`` [B, E, ...] of padded graphs onto each graph's [size, size]
+  (sender, receiver) grid [B, size, size, ...]; padded edges add nothing (so an edge given
+  twice would be summed: edges must be distinct ordered pairs)."""
+  batch = values.shape[0]
+  cell = (jnp.arange(batch)[:, None] * size + senders) * size + receivers
+  masked = values * edge_mask.reshape(edge_mask.shape + (1,) * (values.ndim - 2))
+  flat = jnp.zeros((batch * size * size,) + values.shape[2:], values.dtype)
+  flat = flat.at[cell.reshape(-1)].add(masked.reshape((-1,) + values.shape[2:]))
+  return flat.reshape((batch, size, size) + values.shape[2:])
+
+
 class EdgeConv(nn.Module):
-  """NNConv with mean aggregation: m_i = W_root h_i + mean_{j -> i} h_j Theta(e_ji) + b."""
+  """NNConv with mean aggregation: m_i = W_root h_i + mean_{j -> i} h_j Theta(e_ji) + b,
+  Theta(e) = reshape(K a(e) + c) [d, d], a(e) = relu(W_1 e + b_1) [edge_hidden].
+
+  Theta is never formed.  On each graph's pair grid (``pair_grid``: ``a`` [B, N, N, c],
+  ``mask`` [B, N, N], j the sender, i the receiver) the sum is reassociated:
+
+      sum_j h_j Theta(e_ji) = sum_{c, d} S_icd K_cd + (sum_j mask_ji h_j) C,
+      S_icd = sum_j a_jic h_jd  [B, N, c, d]
+
+  which costs B N^2 c d + B N c d^2 multiply-adds, not the B N^2 c d^2 of forming Theta per
+  edge (PyTorch Geometric's way): about 20 times less on QM9's 29-atom grids.
+  """
   dim: int
   edge_hidden: int = 128
 
   @nn.compact
-  def __call__(self, h, edges, senders, receivers, edge_mask):
-    num_nodes = h.shape[0]
-    a = nn.relu(nn.Dense(self.edge_hidden, name='edge_in')(edges))
-    theta = nn.Dense(self.dim * self.dim, name='edge_out')(a).reshape(-1, self.dim, self.dim)
-    messages = jnp.einsum('ed,edk->ek', h[senders], theta) * edge_mask[:, None]
-    total = jax.ops.segment_sum(messages, receivers, num_segments=num_nodes)
-    count = jax.ops.segment_sum(edge_mask, receivers, num_segments=num_nodes)
-    mean = total / jnp.maximum(count, 1.0)[:, None]
-    return nn.Dense(self.dim, name='root')(h) + mean
+  def __call__(self, h, pairs, mask):
+    """h [B, N, d] node states; pairs [B, N, N, C] edge features and mask [B, N, N] the edges
+    on the (sender, receiver) grid."""
+    d = self.dim
+    a = nn.relu(nn.Dense(self.edge_hidden, name='edge_in')(pairs)) * mask[..., None]
+    kernel, bias = _DenseParams(d * d, name='edge_out')(self.edge_hidden)
+    s = jnp.einsum('bjic,bjd->bicd', a, h)
+    total = (jnp.einsum('bicd,cdk->bik', s, kernel.reshape(self.edge_hidden, d, d))
+             + jnp.einsum('bji,bjd->bid', mask, h) @ bias.reshape(d, d))
+    mean = total / jnp.maximum(jnp.sum(mask, axis=1), 1.0)[..., None]
+    return nn.Dense(d, name='root')(h) + mean
 
 
 class Set2Set(nn.Module):
@@ -94,17 +131,15 @@ class MPNN(nn.Module):
     node_mask = inputs['node_mask'].astype(bool)
     h = nn.relu(nn.Dense(self.dim, name='embed')(nodes)) * node_mask[..., None]
     h = run_hook(hook, 'embed', h)
-    offsets = (jnp.arange(batch) * size)[:, None]
-    senders = (inputs['senders'] + offsets).reshape(-1)
-    receivers = (inputs['receivers'] + offsets).reshape(-1)
-    edges = inputs['edges'].reshape(-1, inputs['edges'].shape[-1])
-    edge_mask = inputs['edge_mask'].reshape(-1).astype(h.dtype)
+    edge_mask = inputs['edge_mask'].astype(h.dtype)
+    grid = lambda v: pair_grid(v, inputs['senders'], inputs['receivers'], edge_mask, size)
+    pairs, pair_mask = grid(inputs['edges'].astype(h.dtype)), grid(edge_mask)
     conv = EdgeConv(self.dim, self.edge_hidden, name='conv')
     gru = nn.GRUCell(self.dim, name='gru')
     flat = h.reshape(batch * size, self.dim)
     for k in range(self.steps):
-      m = nn.relu(conv(flat, edges, senders, receivers, edge_mask))
-      flat, _ = gru(flat, m)
+      m = nn.relu(conv(flat.reshape(batch, size, self.dim), pairs, pair_mask))
+      flat, _ = gru(flat, m.reshape(batch * size, self.dim))
       flat = flat * node_mask.reshape(-1, 1)
       flat = run_hook(hook, f'step{k}', flat.reshape(batch, size, self.dim)).reshape(
           batch * size, self.dim)
