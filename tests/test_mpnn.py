@@ -116,3 +116,24 @@ def test_edge_conv_equals_per_edge_weight_matrices():
     count[g['receivers'][e]] += 1
   want = want + total / np.maximum(count, 1)[:, None]
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', [n for n in models.names() if n != 'adversarial'])
+def test_every_model_runs_over_graphs_batch_independently(name):
+  """Every architecture of the zoo over the graph backbone (the adversarial one needs one
+  input per task): each graph's prediction is finite and does not depend on the others in its batch."""
+  from mtl_jax._src import tasks as tasks_lib     # pylint: disable=import-outside-toplevel
+  tasks = tasks_lib.TaskSet([tasks_lib.regression(f't{k}') for k in range(3)])
+  model = models.get(name, tasks, models.get_backbone('mpnn', dim=4, edge_hidden=4, steps=2,
+                                                      set2set_steps=1))
+  rng = np.random.default_rng(6)
+  graphs = [_graph(n, rng, 5, 20) for n in (3, 5, 2)]
+  variables = jax.jit(model.init)({'params': jax.random.PRNGKey(0)}, _batch(graphs))
+  apply = jax.jit(model.apply)
+  together = apply(variables, _batch(graphs))
+  rolled = apply(variables, _batch(graphs[1:] + graphs[:1]))    # other neighbours, same shape
+  assert set(together) == set(tasks.names)
+  for t in tasks.names:
+    assert together[t].shape == (3, 1) and np.all(np.isfinite(together[t]))
+    np.testing.assert_allclose(np.roll(together[t], -1, axis=0), rolled[t], rtol=1e-5,
+                               atol=1e-6)

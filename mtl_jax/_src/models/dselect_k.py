@@ -99,7 +99,7 @@ class DSelectKGate(nn.Module):
       z = self.param('z', z_init, (k, m))[None]                                 # [1, k, m]
     r = selector_outputs(z, n, self.gamma)                                      # [., k, n]
     q = jnp.einsum('bk,bkn->bn', nn.softmax(w, axis=-1), r)
-    return jnp.broadcast_to(q, (x.shape[0], n)), r
+    return jnp.broadcast_to(q, (jax.tree_util.tree_leaves(x)[0].shape[0], n)), r
 
 
 class DSelectKHeads(nn.Module):

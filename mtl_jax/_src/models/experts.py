@@ -32,6 +32,7 @@ task t reads row t of copy t.
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from mtl_jax._src import registry
@@ -43,8 +44,18 @@ from mtl_jax._src.models.stacked import Stacked
 
 
 def flatten(x):
-  """[B, ...] -> [B, prod(...)]: what the gates read."""
-  return jnp.reshape(x, (x.shape[0], -1))
+  """What the gates read: an array [B, ...] as [B, prod(...)]; a pytree of them (a padded
+  graph) as its floating-point and boolean leaves, each flattened, concatenated in the tree's
+  order (integer leaves, such as a graph's node indices, are left out)."""
+  if not isinstance(x, (dict, list, tuple)):
+    return jnp.reshape(x, (x.shape[0], -1))
+  leaves = [jnp.reshape(v, (v.shape[0], -1)) for v in jax.tree_util.tree_leaves(x)
+            if not jnp.issubdtype(v.dtype, jnp.integer)]
+  if not leaves:
+    raise ValueError('gate inputs: the input pytree has no floating-point or boolean leaf')
+  floating = [v.dtype for v in leaves if jnp.issubdtype(v.dtype, jnp.floating)]
+  dtype = floating[0] if floating else jnp.float32
+  return jnp.concatenate([v.astype(dtype) for v in leaves], axis=1)
 
 
 def mix(g, experts):

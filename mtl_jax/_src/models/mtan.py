@@ -12,7 +12,8 @@ element-wise soft attention masks over those features:
 where C_j is p^(j)'s channel (last) axis, f_t^(j) is a task-specific Dense(C_j) (a 1x1 conv
 on feature maps) and ``resize`` brings the previous task feature to p^(j)'s spatial/token
 shape (``jax.image.resize``, linear, antialiased when downsampling; the identity for
-[B, D] features).  The selected stages must share one rank.  Task t's tower reads t_t^(J).
+[B, D] features; to a [B, D] stage from feature maps, tokens or a graph's nodes, their mean,
+padded nodes included).  Apart from that last step the selected stages must share one rank.  Task t's tower reads t_t^(J).
 
 The per-task paths are one module vmapped over T (parameters with a leading T axis).
 Shared: the backbone.  Task: the masks g_t, the projections f_t and the towers.
@@ -40,7 +41,10 @@ from mtl_jax._src.models.shared_bottom import diagonal
 
 
 def _resize(prev, p, prev_name: str, name: str):
-  """``prev`` [B, *S', C'] resized to p's [B, *S] (its own channels kept)."""
+  """``prev`` [B, *S', C'] resized to p's [B, *S] (its own channels kept); to a vector stage
+  [B, D], the mean over S' (global average pooling)."""
+  if prev.ndim > p.ndim == 2:
+    return jnp.mean(prev, axis=tuple(range(1, prev.ndim - 1)))
   if prev.ndim != p.ndim:
     raise ValueError(f'mtan.stages: stage {prev_name!r} outputs rank {prev.ndim} '
                      f'{tuple(prev.shape)} but stage {name!r} rank {p.ndim} {tuple(p.shape)}; '
