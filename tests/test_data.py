@@ -87,7 +87,7 @@ OPTIONS = {
     'census_income': dict(data_dir=None, manual_dir=None, group=1,
                           college_includes_associates=False),
     'qm9': dict(data_dir=None, features='pyg', limit=None, split_seed=0, test=10000,
-                validation=10000, max_atoms=29),
+                validation=10000, train_size=0, max_atoms=29),
 }
 
 

@@ -200,6 +200,15 @@ def test_data_set_records_splits_and_standardisation(tmp_path):
   with pytest.raises(ValueError, match='more than max_atoms=3'):
     qm9_data.complete_graph({'nodes': np.zeros((5, 11)), 'positions': np.zeros((5, 3)),
                              'bonds': np.zeros((0, 3)), 'index': 7}, 3)
+  # train_size: a subset of the same training molecules; test and validation unchanged
+  small = data.load('qm9', data_dir=str(tmp_path), limit=40, test=8, validation=7,
+                    max_atoms=16, train_size=10)
+  index = lambda d, s: set(d.splits[s].source.source.indices.tolist())    # molecule rows
+  assert len(small.splits['train']) == 10
+  assert index(small, 'train') < index(ds, 'train')
+  assert index(small, 'test') == index(ds, 'test') and index(small, 'val') == index(ds, 'val')
+  with pytest.raises(ValueError, match=r'qm9.train_size: must be in \[0, 25\]'):
+    data.load('qm9', data_dir=str(tmp_path), limit=40, test=8, validation=7, train_size=26)
 
 
 def test_unscaled_mae_is_the_error_in_the_original_units(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from mtl_jax import train
 from mtl_jax.train import ConfigError
-from tests.conftest import run_python, tiny_config
+from tests.conftest import run_python, tiny_config, train_tiny
 
 RESULT_KEYS = {'config_name', 'status', 'tasks', 'metrics', 'split_metrics', 'higher_is_better', 'model',
                'weighting', 'steps', 'rejected_steps', 'num_params', 'resumed_from_step', 'train_step_traces',
@@ -123,3 +123,17 @@ def test_cli_overrides_and_config_errors(tmp_path):
   assert proc.returncode != 0 and 'config.optim.lr: must be > 0' in proc.stderr
   proc = run_python(base + ['--config.optim.lrr=0.1'])
   assert proc.returncode != 0 and 'lrr' in proc.stderr
+
+
+def test_plateau_schedule_cuts_the_lr_on_a_plateau_down_to_its_floor(tmp_path):
+  """schedule 'plateau' with an improvement no positive loss can make (rtol 1): every `every`-step
+  window is a plateau, so the logged lr halves every `patience` windows until min_lr."""
+  train_tiny(tmp_path, **{'train.steps': 12, 'optim.lr': 0.01, 'optim.schedule': 'plateau',
+                          'optim.plateau.rtol': 1.0, 'optim.plateau.every': 2,
+                          'optim.plateau.patience': 1, 'optim.plateau.factor': 0.5,
+                          'optim.plateau.min_lr': 0.0025})
+  lrs = [json.loads(l)['lr'] for l in open(os.path.join(tmp_path, 'metrics.jsonl'))]
+  assert lrs[0] == pytest.approx(0.01)
+  assert all(b <= a for a, b in zip(lrs, lrs[1:]))
+  assert {round(lr, 6) for lr in lrs} == {0.01, 0.005, 0.0025}
+  assert lrs[-1] == pytest.approx(0.0025)

@@ -148,8 +148,17 @@ def _check_weighting_and_optim(c) -> None:
            'must name an optax optimizer taking a learning_rate (adam, adamw, sgd, lion, ...)',
            o.name)
   _require(o.lr > 0, 'config.optim.lr', 'must be > 0', o.lr)
-  _require(o.schedule in ('constant', 'cosine', 'warmup_cosine'), 'config.optim.schedule',
-           "must be 'constant', 'cosine' or 'warmup_cosine'", o.schedule)
+  _require(o.schedule in ('constant', 'cosine', 'warmup_cosine', 'plateau'),
+           'config.optim.schedule', "must be 'constant', 'cosine', 'warmup_cosine' or 'plateau'",
+           o.schedule)
+  p = o.plateau
+  _require(0 < p.factor < 1, 'config.optim.plateau.factor', 'must be in (0, 1)', p.factor)
+  for field in ('patience', 'cooldown', 'every'):
+    _require(type(p[field]) is int and p[field] >= 0, f'config.optim.plateau.{field}',
+             'must be an integer >= 0', p[field])
+  _require(0 < p.rtol <= 1, 'config.optim.plateau.rtol', 'must be in (0, 1]', p.rtol)
+  _require(0 <= p.min_lr <= o.lr, 'config.optim.plateau.min_lr',
+           f'must be in [0, config.optim.lr={o.lr}]', p.min_lr)
   _require(0 <= o.warmup_steps < c.train.steps, 'config.optim.warmup_steps',
            f'must be in [0, config.train.steps={c.train.steps})', o.warmup_steps)
   _require(o.weight_decay >= 0, 'config.optim.weight_decay', 'must be >= 0', o.weight_decay)
@@ -184,5 +193,9 @@ def _check_train_and_eval(c) -> None:
   _require(type(c.eval.baselines) is bool, 'config.eval.baselines', 'must be True or False',
            c.eval.baselines)
   _require(c.eval.batch_size > 0, 'config.eval.batch_size', 'must be > 0', c.eval.batch_size)
+  _require(isinstance(c.eval.delta_m_metrics, (tuple, list)) and all(
+      isinstance(m, str) and m for m in c.eval.delta_m_metrics), 'config.eval.delta_m_metrics',
+           "must be metric names, e.g. ('mae',) (empty: every metric but the loss)",
+           c.eval.delta_m_metrics)
   _require(set(c.eval.splits) <= {'train', 'val', 'test'}, 'config.eval.splits',
            "must name splits among 'train', 'val', 'test'", c.eval.splits)

@@ -78,7 +78,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return record
   record['baselines'] = train_baselines(config, record['tasks'], workdir)
   record['delta_m'] = metrics_lib.delta_m(record['metrics'], record['baselines'],
-                                          record['higher_is_better'])
+                                          record['higher_is_better'],
+                                          only=tuple(config.eval.delta_m_metrics))
   print(f'\n{config.name}: single-task baselines (test)')
   print_table(record['higher_is_better'], record['baselines'])
   print(f'Delta-m% against them: {record["delta_m"]:+.2f} (lower is better)')

@@ -46,18 +46,19 @@ BINARY_CROSS_ENTROPY = Metric('loss', losses.sigmoid_cross_entropy, higher_is_be
 CROSS_ENTROPY = Metric('loss', losses.softmax_cross_entropy, higher_is_better=False)
 
 def delta_m(metrics: dict, baselines: dict, higher_is_better: dict,
-            skip: tuple = ('loss', 'count')) -> float:
+            skip: tuple = ('loss', 'count'), only: tuple = ()) -> float:
   """Delta-m% against single-task baselines, averaged over every (task, metric) pair:
 
       Delta-m% = 100 / K sum_k (-1)^{h_k} (M_k - B_k) / B_k,   h_k = 1 if higher is better,
 
   lower is better (negative: the model beats its baselines).  ``metrics`` and ``baselines``
-  are ``{task: {metric: value}}``; metrics named in ``skip`` (the training loss) are left out.
+  are ``{task: {metric: value}}``; metrics named in ``skip`` (the training loss) are left out,
+  and if ``only`` names metrics, every other one too.
   """
   terms = []
   for task, base in baselines.items():
     for name, b in base.items():
-      if name in skip:
+      if name in skip or (only and name not in only):
         continue
       sign = -1.0 if higher_is_better[task][name] else 1.0
       terms.append(sign * (metrics[task][name] - b) / b)

@@ -141,8 +141,12 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
     out = engine.task_gradients(weighting, state.params, state.weighting_state, weighting_rng,
                                 applied, fns, options)
 
+    # a plateau schedule (optax.contrib.reduce_on_plateau) reads the sum of the task losses
+    extra = ({'value': jnp.sum(out.losses)}
+             if isinstance(optimizer, optax.GradientTransformationExtraArgs) else {})
+
     def update():
-      updates, opt_state = optimizer.update(out.grads, state.opt_state, state.params)
+      updates, opt_state = optimizer.update(out.grads, state.opt_state, state.params, **extra)
       params = optax.apply_updates(state.params, updates)
       weighting_state = out.state
       if weighting.after_step is not None:
@@ -162,7 +166,8 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
         'loss': (jnp.sum(jnp.where(jnp.isnan(out.weights), 1, out.weights) * out.losses)
                  + (jnp.sum(jnp.stack(aux)) if aux else 0.0)),
         **norms,
-        'lr': jnp.asarray(schedule(applied) if schedule is not None else jnp.nan, jnp.float32),
+        'lr': jnp.asarray(schedule(applied) if schedule is not None else jnp.nan,
+                          jnp.float32) * plateau_scale(new.opt_state),
         'rejected': rejected,
         'invalid_labels': tasks.invalid_labels(batch),
         'nonfinite_inputs': tasks.nonfinite_inputs(batch),
@@ -173,6 +178,14 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
     return new.replace(step=state.step + 1, rng=rng), metrics
 
   return jit_train_step(train_step, mesh=mesh, donate=donate) if jit else train_step
+
+
+def plateau_scale(opt_state) -> jax.Array:
+  """The learning-rate scale of the ``optax.contrib.reduce_on_plateau`` in ``opt_state`` (1
+  if none)."""
+  is_plateau = lambda x: isinstance(x, optax.contrib.ReduceLROnPlateauState)
+  found = [x for x in jax.tree_util.tree_leaves(opt_state, is_leaf=is_plateau) if is_plateau(x)]
+  return found[0].scale.astype(jnp.float32) if found else jnp.ones((), jnp.float32)
 
 
 def _sumsq(tree) -> jax.Array:

@@ -70,12 +70,15 @@ def build_model(config, tasks: TaskSet, per_task_inputs: bool = False):
     raise ConfigError(f'config.model.{e}') from None
 
 
-def build_optimizer(config):
+def build_optimizer(config, steps_per_epoch: int = 1):
   """``(optax optimizer, learning-rate schedule)``: ``optax.<config.optim.name>`` with the
   keyword arguments of ``config.optim.<name>`` (and ``weight_decay``/``momentum`` where it
-  takes them), behind the schedule, the transfer partition and global-norm clipping."""
+  takes them), behind the schedule, the transfer partition and global-norm clipping, and
+  for schedule 'plateau' followed by ``optax.contrib.reduce_on_plateau`` (which reads the
+  step's ``value``, the sum of the task losses; ``steps_per_epoch`` sets its default window)."""
   o, steps = config.optim, config.train.steps
   schedule = {'constant': lambda: optax.constant_schedule(o.lr),
+              'plateau': lambda: optax.constant_schedule(o.lr),
               'cosine': lambda: optax.cosine_decay_schedule(o.lr, steps),
               'warmup_cosine': lambda: optax.warmup_cosine_decay_schedule(
                   0.0, o.lr, o.warmup_steps, steps)}[o.schedule]()
@@ -93,6 +96,11 @@ def build_optimizer(config):
     tx = make(schedule)
   if o.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
+  if o.schedule == 'plateau':
+    p = o.plateau
+    tx = optax.chain(tx, optax.contrib.reduce_on_plateau(
+        factor=p.factor, patience=p.patience, rtol=p.rtol, cooldown=p.cooldown,
+        accumulation_size=p.every or steps_per_epoch, min_scale=p.min_lr / o.lr))
   return tx, schedule
 
 
@@ -211,7 +219,6 @@ def _build_with(config, workdir: str, checkpointer: Checkpointer) -> Run:
     f.write(config.to_json_best_effort(indent=2))
   dataset = build_dataset(config)
   model = build_model(config, dataset.tasks, dataset.per_task_inputs)
-  optimizer, schedule = build_optimizer(config)
   try:
     mesh = parallel.make_mesh(config.train.num_devices)
   except ValueError as e:
@@ -229,6 +236,7 @@ def _build_with(config, workdir: str, checkpointer: Checkpointer) -> Run:
   except ValueError as e:
     raise ConfigError(f'config.train.batch_size: {e}') from None
   method = build_weighting(config, dataset.tasks, iterator.batches_per_epoch)
+  optimizer, schedule = build_optimizer(config, iterator.batches_per_epoch)
   k = method.sub_batches
   if config.train.batch_size % k:
     raise ConfigError(f'config.train.batch_size: weighting {method.name!r} splits every batch '
@@ -292,8 +300,9 @@ def init_or_restore(run: Run, pretrained: Optional[Callable[[], PyTree]] = None)
   return state, start_step
 
 
-def make_step(run: Run, state: TrainState, traces: dict):
-  """The jitted train step of ``run`` (counting its traces in ``traces['train_step']``)."""
+def make_step(run: Run, state: TrainState, traces: dict, jit: bool = True):
+  """The jitted train step of ``run`` (counting its traces in ``traces['train_step']``); with
+  ``jit=False`` the Python function (``seeds`` vmaps it over a seed axis)."""
   w, t = run.config.weighting, run.config.transfer
   frozen = transfer.frozen_mask(state.params, t.target) if t.freeze else None
   fields = {'mode': 'config.weighting.mode', 'chunk_size': 'config.weighting.chunk_size',
@@ -314,7 +323,7 @@ def make_step(run: Run, state: TrainState, traces: dict):
     traces['train_step'] += 1
     return raw_step(state, batch)
 
-  return jit_train_step(counted_step, mesh=run.mesh)
+  return jit_train_step(counted_step, mesh=run.mesh) if jit else counted_step
 
 
 def train(run: Run, state: TrainState, start_step: int, traces: dict) -> TrainState:

@@ -94,8 +94,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'adam'           # any optax optimizer taking a learning_rate
   c.optim.lr = 1e-3
-  c.optim.schedule = 'constant'   # constant | cosine | warmup_cosine
+  c.optim.schedule = 'constant'   # constant | cosine | warmup_cosine | plateau
   c.optim.warmup_steps = 0
+  # schedule 'plateau' (optax.contrib.reduce_on_plateau, as torch's ReduceLROnPlateau): the
+  # lr times `factor` when the sum of the task losses, averaged over `every` steps (0: an
+  # epoch), has not improved by `rtol` for `patience` such averages; never below `min_lr`.
+  c.optim.plateau = ml_collections.ConfigDict(
+      {'factor': 0.1, 'patience': 10, 'rtol': 1e-4, 'cooldown': 0, 'min_lr': 0.0, 'every': 0})
   c.optim.weight_decay = 0.0      # for optimizers that take it (adamw, lion, lamb, ...)
   c.optim.momentum = 0.9          # for optimizers that take it (sgd, ...)
   c.optim.grad_clip = 0.0         # global-norm clipping; 0: off
@@ -140,4 +145,5 @@ def get_config() -> ml_collections.ConfigDict:
   # optimiser and steps; in workdir/baselines/<task>) and report them and Delta-m% in
   # results.json.
   c.eval.baselines = False
+  c.eval.delta_m_metrics = ()     # the metrics Delta-m% and mean rank compare (): all but loss
   return c

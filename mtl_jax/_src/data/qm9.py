@@ -132,7 +132,7 @@ def make_tasks(stats: Stats) -> tasks_lib.TaskSet:
 @registry.DATASETS.register('qm9')
 def load(data_dir: Optional[str] = None, *, features: str = 'pyg', limit: Optional[int] = None,
          split_seed: int = 0, test: int = 10000, validation: int = 10000,
-         max_atoms: int = MAX_ATOMS) -> MultiTaskDataset:
+         train_size: int = 0, max_atoms: int = MAX_ATOMS) -> MultiTaskDataset:
   """QM9 as 11 regression tasks ('mu', ..., 'cv'), splits 'train', 'val', 'test'.
 
   Args:
@@ -141,6 +141,8 @@ def load(data_dir: Optional[str] = None, *, features: str = 'pyg', limit: Option
     limit: use the first ``limit`` molecules only (a small cache of its own).
     split_seed: the seed of the split's permutation.
     test, validation: the sizes of those splits (the papers': 10 000 each).
+    train_size: train on a random subset of this many of the training molecules (drawn with
+      ``split_seed``; the test and validation sets do not change); 0: all of them.
     max_atoms: the node budget of every graph (29: the largest QM9 molecule).
 
   Returns:
@@ -149,6 +151,12 @@ def load(data_dir: Optional[str] = None, *, features: str = 'pyg', limit: Option
   builder = qm9_builder.build(data_dir, features=features, limit=limit)
   source = builder.as_data_source(split='molecules')
   split = qm9.split_indices(len(source), split_seed, test, validation)
+  if train_size:
+    if not 0 < train_size <= len(split['train']):
+      raise ValueError(f'qm9.train_size: must be in [0, {len(split["train"])}] (the training '
+                       f'molecules), got {train_size}')
+    rng = np.random.default_rng([split_seed, 1])
+    split['train'] = np.sort(rng.choice(split['train'], train_size, replace=False))
   stats = target_stats(source, split['train'])
   transform = make_transform(stats, max_atoms)
   splits = {SPLITS[s]: RecordSource(_Subset(source, split[s]), transform, f'qm9/{SPLITS[s]}')
