@@ -6,6 +6,10 @@
   ``train``, ``evaluate_splits``, ``results``), each usable alone.
 * ``build_dataset``, ``build_model``, ``build_optimizer``, ``build_weighting``: a config's
   components, with errors that name the config field (``ConfigError``).
+* ``train_seeds(config, seeds, workdir)``: one run per seed as one vmapped program;
+  ``run_sweep(config, methods, num_seeds, workdir)``: methods x seeds and single-task
+  baselines with Delta-m% and mean rank (``summarize_sweep``, ``sweep_markdown``), the
+  library side of ``python -m mtl_jax.sweep``.
 """
 
 from mtl_jax._src.checkpointing import CheckpointError
@@ -16,10 +20,15 @@ from mtl_jax._src.train import (Run, build, build_dataset, build_model, build_op
                                 build_weighting, evaluate_splits, init_or_restore, results,
                                 train, train_once)
 from mtl_jax._src.monitor import TrainingStopped
+from mtl_jax._src.seeds import train_seeds
+from mtl_jax._src.sweep import markdown as sweep_markdown
+from mtl_jax._src.sweep import run_sweep
+from mtl_jax._src.sweep import summarize as summarize_sweep
 from mtl_jax._src.writers import MetricWriter, NonFiniteLossError
 
 __all__ = ['CheckpointError', 'ConfigError', 'MetricWriter', 'NonFiniteLossError', 'Run', 'build',
            'build_dataset', 'build_model', 'build_optimizer', 'build_weighting',
-           'evaluate_splits', 'init_or_restore', 'pretrain', 'results', 'single_task_config',
-           'train', 'train_and_evaluate', 'train_baselines', 'train_once',
+           'evaluate_splits', 'init_or_restore', 'pretrain', 'results', 'run_sweep',
+           'single_task_config', 'summarize_sweep', 'sweep_markdown', 'train',
+           'train_and_evaluate', 'train_baselines', 'train_once', 'train_seeds',
            'TrainingStopped']
