@@ -117,6 +117,9 @@ for flag, expect in [
     ('--config.weighting.name=mgda --config.weighting.groups=nomatch',
      'config.weighting.groups'),
     ('surplus', 'unexpected arguments'),
+    ('--config.optim.schedule=plateau --config.optim.plateau.factor=2',
+     'config.optim.plateau.factor'),
+    ("--config.eval.delta_m_metrics=('',)", 'config.eval.delta_m_metrics'),
 ]:
   case('command line', f'`{flag}`', expect)(lambda flag=flag: cli_error(*flag.split()))
 
@@ -135,6 +138,26 @@ def _changed_resume():
   cli('--config.train.steps=5', workdir=workdir)
   return cli_error('--config.train.steps=10', '--config.model.mlp.hidden=(32,)',
                    workdir=workdir)
+
+
+def sweep_error(*args):
+  """The error of ``python -m mtl_jax.sweep`` on the tiny config with ``args``."""
+  proc = subprocess.run([sys.executable, '-m', 'mtl_jax.sweep', '--config=mtl_jax/configs/tiny.py',
+                         f'--workdir={tempfile.mkdtemp()}', *args], cwd=REPO,
+                        capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith('warning: ')]
+  if proc.returncode == 0:
+    return 'silent', 'exit status 0'
+  raise CliFailure(f'exit {proc.returncode}, {len(lines)} line(s): {lines[0] if lines else ""}')
+
+
+for flags_, expect in [('--methods=ew,nope --seeds=2', '--methods: unknown weighting method'),
+                       ('--methods=ew --seeds=0', '--seeds: must be an integer >= 1'),
+                       ('--methods=ew --seeds=two', '--seeds: must be an integer >= 1'),
+                       ('--methods=ew,ew', '--methods: a method is named twice'),
+                       ('--methods=ew --sequential_check=mgda', '--sequential_check')]:
+  case('sweep', f'`python -m mtl_jax.sweep {flags_}`', expect)(
+      lambda flags_=flags_: sweep_error(*flags_.split()))
 
 
 # ---- runs that go wrong ----------------------------------------------------------------------
@@ -280,6 +303,63 @@ def _nan_dataset_inputs():
   MultiTaskDataset('faces', T.TaskSet([T.regression('r')]),
                    {'train': {'inputs': inputs, 'labels': {'r': np.zeros(4, np.float32)}}})
   return 'silent', ''
+
+
+# ---- QM9 (the qm9 extra; a cache of the first 60 molecules) -----------------------------------
+
+QM9_DIR = tempfile.mkdtemp()
+QM9 = ['--config=mtl_jax/configs/qm9.py:cpu', f'--config.data.qm9.data_dir={QM9_DIR}',
+       '--config.data.qm9.limit=60', '--config.data.qm9.test=10',
+       '--config.data.qm9.validation=10', '--config.data.qm9.train_size=0',
+       '--config.train.batch_size=8', '--config.train.steps=2']
+
+
+def qm9_cli_error(*args):
+  """The error of ``python -m mtl_jax.main`` on the QM9 config with ``args``."""
+  proc = subprocess.run([sys.executable, '-m', 'mtl_jax.main', f'--workdir={tempfile.mkdtemp()}',
+                         *QM9, *args], cwd=REPO, capture_output=True, text=True,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  lines = [l for l in proc.stderr.splitlines() if l.startswith('mtl_jax: ')]
+  if proc.returncode == 0:
+    return 'silent', 'exit status 0'
+  raise CliFailure(f'exit {proc.returncode}: {lines[0] if lines else proc.stderr[-200:]}')
+
+
+@case('QM9', 'a molecule larger than the node budget (`max_atoms=8`)', 'max_atoms=8')
+def _qm9_budget():
+  return qm9_cli_error('--config.data.qm9.max_atoms=8')
+
+
+@case('QM9', '`train_size` larger than the training split', 'config.data.qm9.train_size')
+def _qm9_train_size():
+  return qm9_cli_error('--config.data.qm9.train_size=1000')
+
+
+@case('QM9', 'the `qm9` extra not installed (qm9pack missing)', "pip install -e '.[qm9]'")
+def _qm9_missing_extra():
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  from mtl_jax._src.data import qm9_molecules  # pylint: disable=import-outside-toplevel
+  real = importlib.util.find_spec
+  importlib.util.find_spec = lambda name, *a: None if name == 'qm9pack' else real(name, *a)
+  try:
+    next(qm9_molecules.read_rows(1))
+  finally:
+    importlib.util.find_spec = real
+  return 'silent', 'read the rows without qm9pack'
+
+
+@case('QM9', 'a damaged cache (its record file cut short)', 'cannot be read')
+def _qm9_damaged():
+  from mtl_jax import data  # pylint: disable=import-outside-toplevel
+  cache = tempfile.mkdtemp()
+  data.load('qm9', data_dir=cache, limit=30, test=5, validation=5)
+  for root, _, files in os.walk(cache):
+    for name in files:
+      if 'array_record' in name:
+        with open(os.path.join(root, name), 'r+b') as f:
+          f.truncate(100)
+  data.load('qm9', data_dir=cache, limit=30, test=5, validation=5)
+  return 'silent', 'loaded'
 
 
 # ---- the library path (combine, as_optax) ----------------------------------------------------
@@ -497,6 +577,8 @@ def outcome(expect, fn):
 
 def main():
   base_run()
+  from mtl_jax import data  # pylint: disable=import-outside-toplevel
+  data.load('qm9', data_dir=QM9_DIR, limit=60, test=10, validation=10)   # built once, here
   with concurrent.futures.ThreadPoolExecutor(3) as pool:
     results = list(pool.map(lambda c: outcome(c[2], c[3]), CASES))
   counts = {}

@@ -209,6 +209,9 @@ def test_data_set_records_splits_and_standardisation(tmp_path):
   assert index(small, 'test') == index(ds, 'test') and index(small, 'val') == index(ds, 'val')
   with pytest.raises(ValueError, match=r'qm9.train_size: must be in \[0, 25\]'):
     data.load('qm9', data_dir=str(tmp_path), limit=40, test=8, validation=7, train_size=26)
+  with pytest.raises(ValueError, match=r'qm9.max_atoms: molecule \d+ has \d+ atoms, more than '
+                     r'the node budget max_atoms=4 \(\d+ of the 40 molecules'):
+    data.load('qm9', data_dir=str(tmp_path), limit=40, test=8, validation=7, max_atoms=4)
 
 
 def test_unscaled_mae_is_the_error_in_the_original_units(tmp_path):
@@ -225,3 +228,11 @@ def test_unscaled_mae_is_the_error_in_the_original_units(tmp_path):
     by_hand = np.mean(np.abs(original(preds[t][:, 0]) - original(batch['labels'][t][:, 0])))
     scale = 1000.0 if t in ('homo', 'lumo', 'zpve', 'u0', 'u', 'h', 'g') else 1.0
     np.testing.assert_allclose(metrics[t]['mae_unscaled'], by_hand * scale, rtol=1e-5)
+  # a damaged cache (a record file cut short) is an error naming the cache and the fix
+  import glob
+  for path in glob.glob(str(tmp_path / 'qm9' / '*' / '*' / '*.array_record*')):
+    with open(path, 'r+b') as f:
+      f.truncate(100)
+  with pytest.raises(ValueError, match=r'qm9.data_dir: the cache in .* cannot be read .*delete '
+                                       r'that directory and it is built again'):
+    data.load('qm9', data_dir=str(tmp_path), limit=30, test=5, validation=5, max_atoms=16)

@@ -53,17 +53,18 @@ def check_request(methods: Sequence[str], num_seeds) -> list:
 
 def units(config, methods: Sequence[str], task_names: Sequence[str],
           baselines: bool) -> dict:
-  """``{unit name: its config}``: one per method, and with ``baselines`` one per task."""
+  """``{unit name: its config}``: with ``baselines`` one per task (first, so that a partly
+  run sweep has Delta-m% for the methods it finished), then one per method."""
   out = {}
+  if baselines:
+    for t in task_names:
+      out[BASELINE + t] = experiments.single_task_config(config, t, 'baseline')
   for m in methods:
     c = ml_collections.ConfigDict(config.to_dict())
     c.weighting.name = m
     c.eval.baselines = False
     c.name = f'{config.name}-{m}'
     out[m] = c
-  if baselines:
-    for t in task_names:
-      out[BASELINE + t] = experiments.single_task_config(config, t, 'baseline')
   return out
 
 

@@ -47,6 +47,8 @@ def build_dataset(config) -> data.MultiTaskDataset:
     dataset = data.load(d.name, seed=d.seed, **_options(d.get(d.name, {})))
   except (TypeError, ValueError) as e:
     message = str(e).removeprefix(f'{d.name}: ')
+    if message.startswith(f'{d.name}.'):          # names its own option: 'qm9.max_atoms: ...'
+      raise ConfigError(f'config.data.{message}') from None
     raise ConfigError(f'config.data.{d.name}: {message}') from None
   if not d.tasks:
     return dataset

@@ -83,6 +83,18 @@ def complete_graph(example, max_atoms: int) -> dict:
           'receivers': pad(j, budget, np.int32), 'edge_mask': np.arange(budget) < len(i)}
 
 
+def check_budget(source, indices, max_atoms: int) -> None:
+  """Raises ``ValueError`` naming the first molecule of ``source[indices]`` with more atoms
+  than ``max_atoms`` (and how many do), before any training."""
+  over = [(int(source[int(k)]['index']), len(source[int(k)]['nodes'])) for k in indices
+          if len(source[int(k)]['nodes']) > max_atoms]
+  if over:
+    index, n = over[0]
+    raise ValueError(f'qm9.max_atoms: molecule {index} has {n} atoms, more than the node '
+                     f'budget max_atoms={max_atoms} ({len(over)} of the {len(indices)} '
+                     f'molecules do; QM9\'s largest has {MAX_ATOMS})')
+
+
 def target_stats(source, indices) -> Stats:
   """Mean and (population) standard deviation of the targets of ``source[indices]``."""
   targets = np.stack([np.asarray(r['targets'], np.float64)
@@ -149,6 +161,16 @@ def load(data_dir: Optional[str] = None, *, features: str = 'pyg', limit: Option
     the data set, with ``stats`` (training mean and std of the targets) as an attribute.
   """
   builder = qm9_builder.build(data_dir, features=features, limit=limit)
+  try:
+    return _load_from(builder, split_seed, test, validation, train_size, max_atoms)
+  except (RuntimeError, OSError) as e:       # array_record's errors on a damaged file
+    raise ValueError(f'qm9.data_dir: the cache in {builder.data_dir} cannot be read '
+                     f'({type(e).__name__}: {str(e).splitlines()[0]}); delete that directory '
+                     'and it is built again') from e
+
+
+def _load_from(builder, split_seed, test, validation, train_size, max_atoms):
+  """``load`` once the cache is built."""
   source = builder.as_data_source(split='molecules')
   split = qm9.split_indices(len(source), split_seed, test, validation)
   if train_size:
@@ -157,6 +179,8 @@ def load(data_dir: Optional[str] = None, *, features: str = 'pyg', limit: Option
                        f'molecules), got {train_size}')
     rng = np.random.default_rng([split_seed, 1])
     split['train'] = np.sort(rng.choice(split['train'], train_size, replace=False))
+  if max_atoms < MAX_ATOMS:
+    check_budget(source, np.concatenate(list(split.values())), max_atoms)
   stats = target_stats(source, split['train'])
   transform = make_transform(stats, max_atoms)
   splits = {SPLITS[s]: RecordSource(_Subset(source, split[s]), transform, f'qm9/{SPLITS[s]}')

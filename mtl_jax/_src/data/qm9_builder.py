@@ -70,13 +70,20 @@ class Qm9(tfds.core.GeneratorBasedBuilder):
     return {'molecules': self._generate_examples()}
 
   def _generate_examples(self):
+    unassigned = []         # molecules whose bond orders RDKit could not assign: kept, counted
     for row in qm9.read_rows(self.builder_config.limit):
       elements, positions = qm9.elements_and_positions(row)
       mol = qm9.molecule(elements, positions, self.builder_config.features)
+      if not mol.bond_orders_found:
+        unassigned.append(int(row['Index']))
       yield int(row['Index']), {
           'nodes': mol.nodes, 'positions': mol.positions, 'bonds': mol.bonds,
           'targets': qm9.targets(row).astype(np.float32), 'index': int(row['Index']), 'smiles': row['SMILES'],
           'bond_orders_found': mol.bond_orders_found}
+    if unassigned:
+      print(f'qm9: bond orders not found for {len(unassigned)} molecule(s) (QM9 '
+            f'{", ".join(map(str, unassigned[:10]))}{" ..." if len(unassigned) > 10 else ""}): '
+            'kept with their connectivity as single bonds (bond_orders_found False)')
 
 
 def build(data_dir: Optional[str] = None, features: str = 'pyg',
