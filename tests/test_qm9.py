@@ -3,6 +3,7 @@
 Reads the first few hundred rows of ``qm9pack``'s CSV files (the optional extra ``qm9``).
 """
 
+import json
 import importlib.util
 
 import numpy as np
@@ -236,3 +237,37 @@ def test_unscaled_mae_is_the_error_in_the_original_units(tmp_path):
   with pytest.raises(ValueError, match=r'qm9.data_dir: the cache in .* cannot be read .*delete '
                                        r'that directory and it is built again'):
     data.load('qm9', data_dir=str(tmp_path), limit=30, test=5, validation=5, max_atoms=16)
+
+
+def test_config_presets():
+  from mtl_jax.configs import qm9 as qm9_config
+  paper, cpu = qm9_config.get_config(), qm9_config.get_config('cpu')
+  assert (paper.train.batch_size, paper.optim.lr, paper.optim.plateau.factor,
+          paper.optim.plateau.patience, paper.optim.plateau.min_lr) == (120, 1e-3, 0.7, 5, 1e-5)
+  assert paper.train.steps == 300 * (110831 // 120) and paper.data.qm9.train_size == 0
+  assert cpu.train.steps == 10 * (10000 // 120) and cpu.model.mpnn.dim == 64
+  assert paper.eval.delta_m_metrics == ('mae_unscaled',)
+  with pytest.raises(ValueError, match="unknown preset 'gpu'; presets: paper, cpu, sweep"):
+    qm9_config.get_config('gpu')
+
+
+def test_cli_run_with_baselines_reports_unscaled_maes_and_delta_m(tmp_path):
+  """The QM9 config through the command line on a 40-molecule cache, two targets and their
+  single-task baselines: results.json has each target's MAE in its units and Delta-m% over
+  those MAEs, as the papers compute it."""
+  from tests.conftest import run_python
+  args = ['-m', 'mtl_jax.main', '--config=mtl_jax/configs/qm9.py:cpu',
+          f'--workdir={tmp_path / "run"}', f'--config.data.qm9.data_dir={tmp_path}',
+          '--config.data.qm9.limit=40', '--config.data.qm9.test=8',
+          '--config.data.qm9.validation=7', '--config.data.qm9.train_size=0',
+          "--config.data.tasks=('mu','u0')", '--config.model.mpnn.dim=8',
+          '--config.model.mpnn.edge_hidden=8', '--config.train.batch_size=5',
+          '--config.train.steps=3', '--config.eval.baselines=True', '--config.eval.batch_size=8']
+  r = run_python(args)
+  assert r.returncode == 0, r.stderr[-2000:]
+  out = json.loads((tmp_path / 'run' / 'results.json').read_text())
+  assert set(out['metrics']) == {'mu', 'u0'}
+  base = out['baselines']
+  by_hand = 100 * np.mean([(out['metrics'][t]['mae_unscaled'] - base[t]['mae_unscaled'])
+                           / base[t]['mae_unscaled'] for t in ('mu', 'u0')])
+  assert out['delta_m'] == pytest.approx(by_hand, rel=1e-6)
