@@ -11,7 +11,7 @@ printed as one or two lines naming the flag or config field; ``--debug`` (or
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from mtl_jax import train
@@ -25,37 +25,14 @@ flags.DEFINE_bool('debug', False, 'Show tracebacks of usage and configuration er
 
 
 def parse_flags(argv):
-  """absl's flag parsing, with errors (an unknown config key, a bad value) as two lines."""
-  try:
-    argv = FLAGS(argv)
-  except Exception as e:  # pylint: disable=broad-except
-    if cli.debug_requested(argv):
-      raise
-    cli.fail(cli.describe_flag_error(e, argv), status=2)
-  for name in ('config', 'workdir'):
-    if FLAGS[name].value is None and not FLAGS[name].present:
-      cli.fail(f'--{name} is required, e.g. python -m mtl_jax.main '
-               '--config=mtl_jax/configs/tiny.py --workdir=runs/tiny', status=2)
-  return argv
+  return cli.parse_flags(FLAGS, argv, ('config', 'workdir'),
+                         'python -m mtl_jax.main --config=mtl_jax/configs/tiny.py '
+                         '--workdir=runs/tiny')
 
 
 def main(argv):
-  debug = FLAGS.debug or FLAGS['verbosity'].value >= 1
-  if len(argv) > 1:
-    cli.fail(f'unexpected arguments {argv[1:]}: flags are --name=value', status=2)
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  try:
-    config = cli.load_config(FLAGS['config'])
-    train.train_and_evaluate(config, FLAGS.workdir)
-  except (train.ConfigError, cli.UsageError) as e:
-    if debug:
-      raise
-    cli.fail(str(e), status=2)
-  except cli.STOPPED as e:
-    if debug:
-      raise
-    cli.fail(f'{type(e).__name__}: {e}', status=1, hint='')
+  cli.run_main(FLAGS, argv, lambda: train.train_and_evaluate(cli.load_config(FLAGS['config']),
+                                                             FLAGS.workdir))
 
 
 if __name__ == '__main__':

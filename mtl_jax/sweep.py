@@ -15,7 +15,7 @@ usage or configuration error, 1 when a run stops.
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from mtl_jax._src import cli
@@ -36,18 +36,9 @@ flags.DEFINE_bool('debug', False, 'Show tracebacks of usage and configuration er
 
 
 def parse_flags(argv):
-  try:
-    argv = FLAGS(argv)
-  except Exception as e:  # pylint: disable=broad-except
-    if cli.debug_requested(argv):
-      raise
-    cli.fail(cli.describe_flag_error(e, argv), status=2)
-  for name in ('config', 'workdir', 'methods'):
-    if FLAGS[name].value is None and not FLAGS[name].present:
-      cli.fail(f'--{name} is required, e.g. python -m mtl_jax.sweep '
-               '--config=mtl_jax/configs/tiny.py --methods=ew,mgda --seeds=3 '
-               '--workdir=runs/sweep', status=2)
-  return argv
+  return cli.parse_flags(FLAGS, argv, ('config', 'workdir', 'methods'),
+                         'python -m mtl_jax.sweep --config=mtl_jax/configs/tiny.py '
+                         '--methods=ew,mgda --seeds=3 --workdir=runs/sweep')
 
 
 def _seeds(text: str) -> int:
@@ -59,25 +50,14 @@ def _seeds(text: str) -> int:
 
 
 def main(argv):
-  debug = FLAGS.debug or FLAGS['verbosity'].value >= 1
-  if len(argv) > 1:
-    cli.fail(f'unexpected arguments {argv[1:]}: flags are --name=value', status=2)
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  try:
+  def body():
     config = cli.load_config(FLAGS['config'])
     record = sweep.run_sweep(config, FLAGS.methods, _seeds(FLAGS.seeds), FLAGS.workdir,
                              baselines=FLAGS.baselines, vmap=FLAGS.vmap,
                              sequential_check=FLAGS.sequential_check)
-  except (ConfigError, cli.UsageError) as e:
-    if debug:
-      raise
-    cli.fail(str(e), status=2)
-  except cli.STOPPED as e:
-    if debug:
-      raise
-    cli.fail(f'{type(e).__name__}: {e}', status=1, hint='')
-  print(sweep.markdown(record))
+    print(sweep.markdown(record))
+
+  cli.run_main(FLAGS, argv, body)
 
 
 if __name__ == '__main__':

@@ -121,3 +121,41 @@ def load_config(flag):
     raise UsageError(f'--config: get_config() must return an mtl_jax ConfigDict (see '
                      f'mtl_jax/configs/default.py), got {type(config).__name__}')
   return config
+
+
+def parse_flags(flag_values, argv, required: Sequence[str], example: str):
+  """absl's flag parsing, with errors (an unknown config key, a bad value, a missing
+  ``required`` flag, shown with ``example``) as two lines and exit status 2."""
+  try:
+    argv = flag_values(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    if debug_requested(argv):
+      raise
+    fail(describe_flag_error(e, argv), status=2)
+  for name in required:
+    if flag_values[name].value is None and not flag_values[name].present:
+      fail(f'--{name} is required, e.g. {example}', status=2)
+  return argv
+
+
+def run_main(flag_values, argv, body) -> None:
+  """``body()`` for a command's ``main``: surplus arguments, a usage or configuration error
+  (exit 2) and a stopped run (exit 1) reported in one or two lines; tracebacks with
+  ``--debug`` / ``--verbosity=1``."""
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  from mtl_jax._src.config_validation import ConfigError  # pylint: disable=import-outside-toplevel
+  debug = flag_values.debug or flag_values['verbosity'].value >= 1
+  if len(argv) > 1:
+    fail(f'unexpected arguments {argv[1:]}: flags are --name=value', status=2)
+  if not flag_values['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  try:
+    body()
+  except (ConfigError, UsageError) as e:
+    if debug:
+      raise
+    fail(str(e), status=2)
+  except STOPPED as e:
+    if debug:
+      raise
+    fail(f'{type(e).__name__}: {e}', status=1, hint='')

@@ -12,8 +12,6 @@ and returns the seeds' ``results.json`` records.  ``vmappable(config)`` says why
 must run its seeds one after another instead (the sweep runner then does).
 """
 
-import functools
-import json
 import os
 import time
 from typing import Optional, Sequence
