@@ -6,7 +6,7 @@ seeds with single-task baselines, Delta-m% and mean rank, and the seed-vmap spee
 
 Each runs ``mtl_jax.train.run_sweep`` (resumable: run it again to continue), prints the
 Markdown table, and writes ``benchmarks/results/sweep_<name>.json`` (the sweep record),
-``sweep_<name>.md`` and ``sweep_<name>.png`` (Delta-m% per method, mean and the seeds).
+``sweep_<name>.md`` and ``sweep_<name>.png`` (Delta-m% per method, mean ± std).
 """
 
 import argparse
@@ -43,7 +43,7 @@ def config_for(name: str, data_dir: str):
 
 
 def plot(record: dict, path: str) -> None:
-  """Delta-m% per method: each seed a dot, the mean a bar."""
+  """Delta-m% per method: the mean over seeds a bar, the standard deviation its error bar."""
   import matplotlib.figure  # pylint: disable=import-outside-toplevel
   methods = [m for m in record['methods'] if record['summary'].get(m, {}).get('delta_m')]
   fig = matplotlib.figure.Figure(figsize=(1.1 * len(methods) + 2, 3.6))
