@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from mtl_jax._src import experiments, registry, seeds as seeds_lib
+from mtl_jax._src import metrics as metrics_lib
 from mtl_jax._src import train as train_lib
 from mtl_jax._src.config_validation import ConfigError
 
@@ -159,9 +160,14 @@ def measure_speedup(config, record: dict, method: str, workdir: str) -> dict:
           'train_speedup': seq['train_time_s'] / vmapped['train_time_s']}
 
 
+def _chosen(record: dict) -> tuple:
+  """``config.eval.delta_m_metrics`` of the sweep (empty: every metric but the loss)."""
+  return tuple(record['config']['eval'].get('delta_m_metrics', ()) or ())
+
+
 def _compared(record: dict) -> list:
   """The (task, metric) pairs Delta-m% and MR compare."""
-  chosen = tuple(record['config']['eval'].get('delta_m_metrics', ()) or ())
+  chosen = _chosen(record)
   done = [record['units'][m] for m in record['methods']
           if record['units'].get(m, {}).get('status') == 'completed']
   if not done:
@@ -186,6 +192,7 @@ def summarize(record: dict) -> dict:
   """``{method: {'metrics': {task: {metric: [mean, std]}}, 'delta_m': [mean, std] or None,
   'mean_rank': float}}`` plus ``'baseline'`` (the baselines' metrics)."""
   pairs = _compared(record)
+  chosen = _chosen(record)
   base = _baseline_means(record)
   done = {m: record['units'][m] for m in record['methods']
           if record['units'].get(m, {}).get('status') == 'completed'}
@@ -196,7 +203,8 @@ def summarize(record: dict) -> dict:
                  for k in runs[0][t]} for t in runs[0]}
     delta = None
     if base and all(t in base for t, _ in pairs):
-      per_seed = [_delta(r, base, unit['higher_is_better'], pairs) for r in runs]
+      per_seed = [metrics_lib.delta_m(r, base, unit['higher_is_better'], only=chosen)
+                  for r in runs]
       delta = [float(np.mean(per_seed)), float(np.std(per_seed))]
     out[m] = {'metrics': stats, 'delta_m': delta}
   for m, rank in _mean_ranks(out, pairs, record).items():
@@ -205,12 +213,6 @@ def summarize(record: dict) -> dict:
     out['baseline'] = {'metrics': {t: {k: [v, None] for k, v in ms.items()}
                                    for t, ms in base.items()}}
   return out
-
-
-def _delta(metrics: dict, base: dict, higher: dict, pairs) -> float:
-  terms = [(-1.0 if higher[t][k] else 1.0) * (metrics[t][k] - base[t][k]) / base[t][k]
-           for t, k in pairs]
-  return 100.0 * float(np.mean(terms))
 
 
 def _mean_ranks(summary: dict, pairs, record: dict) -> dict:

@@ -86,8 +86,8 @@ def complete_graph(example, max_atoms: int) -> dict:
 def check_budget(source, indices, max_atoms: int) -> None:
   """Raises ``ValueError`` naming the first molecule of ``source[indices]`` with more atoms
   than ``max_atoms`` (and how many do), before any training."""
-  over = [(int(source[int(k)]['index']), len(source[int(k)]['nodes'])) for k in indices
-          if len(source[int(k)]['nodes']) > max_atoms]
+  sizes = ((int(r['index']), len(r['nodes'])) for r in (source[int(k)] for k in indices))
+  over = [(index, n) for index, n in sizes if n > max_atoms]
   if over:
     index, n = over[0]
     raise ValueError(f'qm9.max_atoms: molecule {index} has {n} atoms, more than the node '
