@@ -120,6 +120,7 @@ for flag, expect in [
     ('--config.optim.schedule=plateau --config.optim.plateau.factor=2',
      'config.optim.plateau.factor'),
     ("--config.eval.delta_m_metrics=('',)", 'config.eval.delta_m_metrics'),
+    ('--config.train.metrics_every=0', 'config.train.metrics_every'),
 ]:
   case('command line', f'`{flag}`', expect)(lambda flag=flag: cli_error(*flag.split()))
 

@@ -4,10 +4,12 @@ mean ranks against a NumPy computation written here."""
 import json
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 
 from mtl_jax import train
+from mtl_jax._src import config_validation
 from mtl_jax._src import seeds as seeds_lib
 from mtl_jax._src import sweep
 from mtl_jax.train import ConfigError
@@ -108,3 +110,48 @@ def test_bad_requests_name_the_flag(tmp_path):
                   '--seeds=two', f'--workdir={tmp_path}'])
   assert r.returncode == 2 and "--seeds: must be an integer >= 1" in r.stderr
   assert len(r.stderr.strip().splitlines()) == 2
+
+
+def test_variants_with_fresh_data_per_seed_equal_separate_runs(tmp_path):
+  """A sweep over model variants with config.data.reseed: each row is its variant's model;
+  seed 1 of the vmapped gated unit trains exactly as train_once with config.seed = 1 (its own
+  data set, data seed 0 + 1: the same losses and val curve at every written step and the same
+  test metrics), and the two seeds' data sets differ."""
+  config = tiny_config(**{'train.steps': STEPS, 'train.checkpoint_every': 5,
+                          'train.log_every': 5, 'train.metrics_every': 2, 'eval.every': 5,
+                          'data.reseed': True})
+  variants = {'sb': {'model.name': 'shared_bottom'}, 'gated': {'model.name': 'gated_fusion'}}
+  record = sweep.run_sweep(config, [], 2, str(tmp_path / 'sweep'), baselines=False,
+                           variants=variants)
+  assert record['methods'] == ['sb', 'gated'] and list(record['summary']) == ['sb', 'gated']
+  unit_dir = tmp_path / 'sweep' / 'gated' / 'seed_1'
+  assert json.load(open(unit_dir / 'results.json'))['model'] == 'gated_fusion'
+  alone_config = seeds_lib.seed_config(sweep.units(config, ['gated'], [], False, variants)
+                                       ['gated'], 1)
+  alone = train.train_once(alone_config, str(tmp_path / 'alone'))
+  lines = [json.loads(l) for l in open(unit_dir / 'metrics.jsonl')]
+  alone_lines = [json.loads(l) for l in open(tmp_path / 'alone' / 'metrics.jsonl')]
+  assert [l['step'] for l in lines] == [2, 4, 5, 6, 8, 10] == [l['step'] for l in alone_lines]
+  for a, b in zip(lines, alone_lines):
+    for key in ('loss/y1', 'loss/y2', 'val/y1/mse', 'val/y2/mse'):
+      if key in b:
+        assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a['step'], key)
+  for task, metrics in alone['metrics'].items():
+    for name, value in metrics.items():
+      assert record['units']['gated']['seeds']['1'][task][name] == pytest.approx(
+          value, rel=1e-5, abs=1e-6)
+  labels = [train.build_dataset(seeds_lib.seed_config(config, s)).split('train')['labels']['y1']
+            for s in (0, 1)]
+  assert not np.allclose(labels[0], labels[1])
+
+
+def test_bad_variants_name_the_variant_and_key(tmp_path):
+  config = tiny_config()
+  with pytest.raises(ConfigError, match=r"variants\['a'\]: config.model.nope is not a config key"):
+    sweep.run_sweep(config, [], 1, str(tmp_path), variants={'a': {'model.nope': 1}})
+  with pytest.raises(ConfigError, match='cannot name a unit'):
+    sweep.run_sweep(config, [], 1, str(tmp_path), variants={'baseline-y1': {}})
+  loose = ml_collections.ConfigDict(tiny_config().to_dict())   # as one read from JSON
+  loose.data.reseed = None
+  with pytest.raises(ConfigError, match='config.data.reseed: must be True or False'):
+    config_validation.validate(loose)

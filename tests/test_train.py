@@ -111,6 +111,24 @@ def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
   assert steps == [1, 2, 3]
 
 
+def test_metrics_every_writes_every_nth_step_but_checks_them_all(tmp_path):
+  """With every=3 the file keeps steps 3, 6 and each flush's last; a rejected update at a
+  step it does not write still stops an on_nonfinite='raise' run, naming that step."""
+  ok = {'loss': 1.0, 'grad_norm': 1.0, 'rejected': 0.0, 'losses': [1.0, 2.0]}
+  writer = train.MetricWriter(str(tmp_path / 'a'), ('y1', 'y2'), every=3)
+  for step in range(1, 8):
+    writer.add(step, ok)
+  assert [s for s, _ in writer.flush()] == list(range(1, 8))     # all checked and returned
+  writer.close()
+  assert [json.loads(l)['step'] for l in open(tmp_path / 'a' / 'metrics.jsonl')] == [3, 6, 7]
+  writer = train.MetricWriter(str(tmp_path / 'b'), ('y1', 'y2'), on_nonfinite='raise', every=3)
+  writer.add(1, ok)
+  writer.add(2, {**ok, 'rejected': 1.0, 'losses': [float('nan'), 2.0]})
+  writer.add(3, ok)
+  with pytest.raises(train.NonFiniteLossError, match=r"step 2: non-finite loss for task\(s\) \['y1'\]"):
+    writer.flush()
+
+
 def test_cli_overrides_and_config_errors(tmp_path):
   base = ['-m', 'mtl_jax.main', '--config=mtl_jax/configs/tiny.py', f'--workdir={tmp_path}']
   proc = run_python(base + ['--config.train.steps=12', '--config.weighting.ew.reduction=mean'])

@@ -33,6 +33,7 @@ def _require(ok, field, message, value):
 
 # Keys that may change when a run is resumed from its checkpoints.
 RESUMABLE_CHANGES = ('config.name', 'config.train.steps', 'config.train.log_every',
+                     'config.train.metrics_every',
                      'config.train.checkpoint_every', 'config.train.keep_checkpoints',
                      'config.train.on_nonfinite', 'config.train.max_rejected_fraction',
                      'config.train.warn_rejected_fraction', 'config.train.rejected_window',
@@ -100,6 +101,8 @@ def _check_data_and_model(c) -> None:
            c.data.name)
   _require(c.data.worker_count >= 0, 'config.data.worker_count', 'must be >= 0 (0: none)',
            c.data.worker_count)
+  _require(type(c.data.reseed) is bool, 'config.data.reseed', 'must be True or False',
+           c.data.reseed)
   sizes = c.data.synthetic.sizes
   _require(len(sizes) == 3 and min(sizes) > 0, 'config.data.synthetic.sizes',
            'must be 3 positive sizes (train, val, test)', sizes)
@@ -168,8 +171,8 @@ def _check_weighting_and_optim(c) -> None:
 
 def _check_train_and_eval(c) -> None:
   t = c.train
-  for field in ('steps', 'batch_size', 'log_every', 'checkpoint_every', 'keep_checkpoints',
-                'rejected_window'):
+  for field in ('steps', 'batch_size', 'log_every', 'metrics_every', 'checkpoint_every',
+                'keep_checkpoints', 'rejected_window'):
     _require(type(t[field]) is int and t[field] > 0, f'config.train.{field}',
              'must be an integer > 0', t[field])
   _require(0 < t.max_rejected_fraction <= 1, 'config.train.max_rejected_fraction',

@@ -1,8 +1,8 @@
 """Several seeds of one run as one compiled program: the train step vmapped over a seed axis.
 
 ``train_seeds(config, seeds, workdir)`` trains ``config`` once per seed in ``seeds`` (each
-seed its own initialisation, dropout and data order, exactly as ``train_once`` with
-``config.seed = s`` would) with one ``jax.jit(jax.vmap(step))``: every leaf of the train
+seed its own initialisation, dropout and data order, and with ``config.data.reseed`` its
+own data set, exactly as ``train_once`` with ``config.seed = s`` would) with one ``jax.jit(jax.vmap(step))``: every leaf of the train
 state has a leading seed axis and so has every batch.  It writes
 
     workdir/config.json, workdir/checkpoints/   (the stacked state; resumed automatically)
@@ -66,14 +66,19 @@ class _Seeds:
   def __init__(self, run: train_lib.Run, seeds: Sequence[int], workdir: str, start: int):
     c = run.config
     self.seeds = list(seeds)
+    self.datasets = [run.dataset] + [
+        train_lib.build_dataset(seed_config(c, s)) if c.data.reseed else run.dataset
+        for s in seeds[1:]]
     self.iterators = [run.iterator] + [
-        data.BatchIterator(run.dataset.split('train'), c.train.batch_size, seed=s,
-                           worker_count=c.data.worker_count) for s in seeds[1:]]
+        data.BatchIterator(d.split('train'), c.train.batch_size, seed=s,
+                           worker_count=c.data.worker_count)
+        for s, d in zip(seeds[1:], self.datasets[1:])]
     self.dirs = [os.path.join(workdir, f'seed_{s}') for s in seeds]
     for d in self.dirs:
       os.makedirs(d, exist_ok=True)
     self.writers = [MetricWriter(d, run.tasks.names, resume_step=start,
-                                 on_nonfinite=c.train.on_nonfinite) for d in self.dirs]
+                                 on_nonfinite=c.train.on_nonfinite,
+                                 every=c.train.metrics_every) for d in self.dirs]
     self.policies = [monitor.RejectionPolicy(
         c.train.rejected_window, c.train.max_rejected_fraction, c.train.warn_rejected_fraction,
         monitor.likely_causes(c, start)) for _ in seeds]
@@ -128,7 +133,8 @@ def _loop(run, states, start: int, seeds_io: _Seeds, traces: dict):
   step_fn = jax.jit(jax.vmap(train_lib.make_step(run, _row(states, 0), traces, jit=False)),
                     donate_argnums=(0,))
   progress = monitor.Progress(c.train.steps, start, run.tasks.names)
-  validate = train_lib._validation(run) if c.eval.every else None   # pylint: disable=protected-access
+  validate = ([train_lib._validation(run, d) for d in seeds_io.datasets]  # pylint: disable=protected-access
+              if c.eval.every else None)
   try:
     for step in range(start + 1, c.train.steps + 1):
       batch = seeds_io.batch()
@@ -136,8 +142,7 @@ def _loop(run, states, start: int, seeds_io: _Seeds, traces: dict):
         run.tasks.check_batch(_row(batch, 0))
       states, metrics = step_fn(states, batch)
       if validate is not None and step % c.eval.every == 0:
-        metrics = dict(metrics, **_stack([validate(_row(states, i))
-                                          for i in range(len(seeds_io.seeds))]))
+        metrics = dict(metrics, **_stack([v(_row(states, i)) for i, v in enumerate(validate)]))
       seeds_io.add(step, metrics)
       last = step == c.train.steps
       checkpoint = step % c.train.checkpoint_every == 0 or last
@@ -171,7 +176,8 @@ def train_seeds(config, seeds: Sequence[int], workdir: str) -> list[dict]:
     for i, (s, d) in enumerate(zip(seeds, seeds_io.dirs)):
       state = _row(states, i)
       record = train_lib.results(
-          run, state, train_lib.evaluate_splits(run, state), seed=s, seeds_vmapped=seeds,
+          run, state, train_lib.evaluate_splits(run, state, seeds_io.datasets[i]), seed=s,
+          seeds_vmapped=seeds,
           resumed_from_step=start, train_step_traces=traces['train_step'],
           train_time_s=train_time, wall_time_s=time.time() - start_time)
       train_lib.write_results(d, record)

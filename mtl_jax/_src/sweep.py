@@ -2,7 +2,9 @@
 
 ``run_sweep(config, methods, num_seeds, workdir)`` trains ``config`` with every weighting of
 ``methods`` and every task alone (``experiments.single_task_config``: the baselines), each for
-the seeds ``config.seed, config.seed + 1, ...``.  A unit (a method, or one task's baseline)
+the seeds ``config.seed, config.seed + 1, ...``; with ``variants`` (``{name: {dotted config
+key: value}}``) the compared units are those variants of ``config`` instead of weightings
+(architectures, say).  A unit (a method, or one task's baseline)
 runs its seeds as one vmapped program (``seeds.train_seeds``) where ``seeds.vmappable``
 allows, else one after another (``train.train_once``).  The sweep is resumable: finished
 units are kept, an interrupted one resumes from its checkpoints.  It writes
@@ -52,26 +54,58 @@ def check_request(methods: Sequence[str], num_seeds) -> list:
   return methods
 
 
+def check_variants(config, variants: dict) -> dict:
+  """``variants`` (``{name: {dotted config key: value}}``), or ``ConfigError`` naming the
+  variant and key that ``config`` does not have."""
+  if not variants:
+    raise ConfigError('variants: name at least one variant, e.g. {"gated": {"model.name": '
+                      '"gated_fusion"}}')
+  for name, overrides in variants.items():
+    if not name or name.startswith(BASELINE) or '/' in name:
+      raise ConfigError(f'variants: {name!r} cannot name a unit (empty, has "/" or starts '
+                        f'with {BASELINE!r})')
+    for key in overrides:
+      node, *path = [config] + key.split('.')
+      for part in path[:-1]:
+        node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+      if not isinstance(node, ml_collections.ConfigDict) or path[-1] not in node:
+        raise ConfigError(f'variants[{name!r}]: config.{key} is not a config key')
+  return variants
+
+
+def _variant(config, name: str, overrides: dict) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict(config.to_dict())
+  for key, value in overrides.items():
+    *path, leaf = key.split('.')
+    node = c
+    for part in path:
+      node = node[part]
+    node[leaf] = value
+  c.eval.baselines = False
+  c.name = f'{config.name}-{name}'
+  return c
+
+
 def units(config, methods: Sequence[str], task_names: Sequence[str],
-          baselines: bool) -> dict:
+          baselines: bool, variants: Optional[dict] = None) -> dict:
   """``{unit name: its config}``: with ``baselines`` one per task (first, so that a partly
-  run sweep has Delta-m% for the methods it finished), then one per method."""
+  run sweep has Delta-m% for the methods it finished), then one per method (``config`` with
+  that weighting), or, given ``variants``, one per variant (``config`` with its overrides)."""
   out = {}
   if baselines:
     for t in task_names:
       out[BASELINE + t] = experiments.single_task_config(config, t, 'baseline')
   for m in methods:
-    c = ml_collections.ConfigDict(config.to_dict())
-    c.weighting.name = m
-    c.eval.baselines = False
-    c.name = f'{config.name}-{m}'
-    out[m] = c
+    out[m] = _variant(config, m, (variants or {}).get(m, {'weighting.name': m}))
   return out
 
 
-def _setup(config, methods, seeds, baselines) -> dict:
-  return {'config': json.loads(config.to_json_best_effort()), 'methods': list(methods),
-          'seeds': list(seeds), 'baselines': baselines}
+def _setup(config, methods, seeds, baselines, variants=None) -> dict:
+  setup = {'config': json.loads(config.to_json_best_effort()), 'methods': list(methods),
+           'seeds': list(seeds), 'baselines': baselines}
+  if variants is not None:
+    setup['variants'] = json.loads(json.dumps(variants))
+  return setup
 
 
 def _load(workdir: str, setup: dict) -> dict:
@@ -118,20 +152,28 @@ def run_unit(config, seeds: Sequence[int], workdir: str, vmap: bool = True) -> d
 
 def run_sweep(config, methods: Sequence[str], num_seeds: int, workdir: str, *,
               baselines: bool = True, vmap: bool = True,
-              sequential_check: Optional[str] = None) -> dict:
+              sequential_check: Optional[str] = None,
+              variants: Optional[dict] = None) -> dict:
   """Runs (or resumes) the sweep into ``workdir`` and returns its record (module docstring).
 
   ``sequential_check``: a method whose seeds are also run one after another (in
   ``workdir/sequential/<method>``) to measure the seed-vmap speed-up (``record['speedup']``).
+  ``variants``: compare these instead of weighting methods, ``{name: {dotted config key:
+  value}}`` (e.g. ``{'gated': {'model.name': 'gated_fusion'}}``; ``methods`` is ignored and
+  the tables' rows are the variants).
   """
-  methods = check_request(list(methods), num_seeds)
+  if variants is not None:
+    check_request(['ew'], num_seeds)
+    methods = list(check_variants(config, dict(variants)))
+  else:
+    methods = check_request(list(methods), num_seeds)
   if sequential_check is not None and sequential_check not in methods:
     raise ConfigError(f'--sequential_check: {sequential_check!r} is not one of --methods')
   train_lib.make_workdir(workdir)
   seeds = [config.seed + k for k in range(num_seeds)]
   tasks = train_lib.build_dataset(config).tasks.names
-  record = _load(workdir, _setup(config, methods, seeds, baselines))
-  for name, unit_config in units(config, methods, tasks, baselines).items():
+  record = _load(workdir, _setup(config, methods, seeds, baselines, variants))
+  for name, unit_config in units(config, methods, tasks, baselines, variants).items():
     if record['units'].get(name, {}).get('status') == 'completed':
       continue
     print(f'sweep: {name} ({len(seeds)} seeds)')
@@ -151,7 +193,7 @@ def measure_speedup(config, record: dict, method: str, workdir: str) -> dict:
   vmapped = record['units'][method]
   if not vmapped['vmapped']:
     return {'method': method, 'note': f'not vmapped: {vmapped["why_sequential"]}'}
-  unit = units(config, [method], [], False)[method]
+  unit = units(config, [method], [], False, record.get('variants'))[method]
   seq = run_unit(unit, record['seeds'], os.path.join(workdir, 'sequential', method), False)
   return {'method': method, 'seeds': len(record['seeds']),
           'vmapped_s': vmapped['time_s'], 'sequential_s': seq['time_s'],

@@ -41,10 +41,13 @@ def _options(block) -> dict:
 
 def build_dataset(config) -> data.MultiTaskDataset:
   """The data set ``config.data.name`` with the options of ``config.data.<name>`` (restricted
-  to ``config.data.tasks``); bad options raise ``ConfigError`` naming the field."""
+  to ``config.data.tasks``), drawn with ``config.data.seed`` (plus ``config.seed`` where
+  ``config.data.reseed``: each seed of a sweep its own data, as the MMoE paper's runs); bad
+  options raise ``ConfigError`` naming the field."""
   d = config.data
+  seed = d.seed + (config.seed if d.get('reseed', False) else 0)
   try:
-    dataset = data.load(d.name, seed=d.seed, **_options(d.get(d.name, {})))
+    dataset = data.load(d.name, seed=seed, **_options(d.get(d.name, {})))
   except (TypeError, ValueError) as e:
     message = str(e).removeprefix(f'{d.name}: ')
     if message.startswith(f'{d.name}.'):          # names its own option: 'qm9.max_atoms: ...'
@@ -342,7 +345,8 @@ def train(run: Run, state: TrainState, start_step: int, traces: dict) -> TrainSt
   config = run.config
   train_step = make_step(run, state, traces)
   writer = MetricWriter(run.workdir, run.tasks.names, resume_step=start_step,
-                        on_nonfinite=config.train.on_nonfinite)
+                        on_nonfinite=config.train.on_nonfinite,
+                        every=config.train.metrics_every)
   policy = monitor.RejectionPolicy(config.train.rejected_window,
                                    config.train.max_rejected_fraction,
                                    config.train.warn_rejected_fraction,
@@ -379,28 +383,30 @@ def train(run: Run, state: TrainState, start_step: int, traces: dict) -> TrainSt
   return state
 
 
-def _validation(run: Run) -> Callable[[TrainState], dict]:
-  """``state -> {'val/<task>/<metric>': value}`` on the 'val' split."""
+def _validation(run: Run, dataset=None) -> Callable[[TrainState], dict]:
+  """``state -> {'val/<task>/<metric>': value}`` on the 'val' split (of ``dataset``, by
+  default the run's)."""
 
   def validate(state):
-    metrics = evaluate(run.eval_step, state, run.tasks, _eval_batches(run, 'val'))
+    metrics = evaluate(run.eval_step, state, run.tasks, _eval_batches(run, 'val', dataset))
     return {f'val/{task}/{name}': value for task, values in metrics.items()
             for name, value in values.items() if name != 'count'}
 
   return validate
 
 
-def _eval_batches(run: Run, split: str):
+def _eval_batches(run: Run, split: str, dataset=None):
   return (parallel.shard_batch(b, run.mesh) for b in data.eval_batches(
-      run.dataset.split(split), run.config.eval.batch_size, run.tasks,
+      (dataset or run.dataset).split(split), run.config.eval.batch_size, run.tasks,
       process_index=jax.process_index(), process_count=jax.process_count()))
 
 
-def evaluate_splits(run: Run, state: TrainState) -> dict:
-  """Stage 4: ``{split: {task: {metric: value}}}`` for ``config.eval.splits``."""
+def evaluate_splits(run: Run, state: TrainState, dataset=None) -> dict:
+  """Stage 4: ``{split: {task: {metric: value}}}`` for ``config.eval.splits`` (of
+  ``dataset``, by default the run's)."""
   out = {}
   for split in run.config.eval.splits:
-    out[split] = evaluate(run.eval_step, state, run.tasks, _eval_batches(run, split))
+    out[split] = evaluate(run.eval_step, state, run.tasks, _eval_batches(run, split, dataset))
   return out
 
 

@@ -31,14 +31,15 @@ class MetricWriter:
   measured) become ``grad_norm/<task>`` and ``conflicts`` on the steps that measured them,
   and ``grad_cos/<a>/<b>`` (a before b in task order), the mean cosine over the measured
   steps since the previous flush, on the flush's last step: T(T-1)/2 values per flush rather
-  than per step.
+  than per step.  With ``every`` > 1 only every ``every``-th step (and each flush's last) is
+  written; every step is still checked and returned.
   On resume from ``resume_step``, lines of later steps (written after the last checkpoint by
   the interrupted run) are dropped, and TensorBoard purges its events past that step.
   """
 
   def __init__(self, workdir: str, task_names: Sequence[str], resume_step: int = 0,
-               on_nonfinite: str = 'skip'):
-    self.task_names, self.on_nonfinite = tuple(task_names), on_nonfinite
+               on_nonfinite: str = 'skip', every: int = 1):
+    self.task_names, self.on_nonfinite, self.every = tuple(task_names), on_nonfinite, every
     self.path = os.path.join(workdir, 'metrics.jsonl')
     if resume_step and os.path.exists(self.path):
       kept = []
@@ -90,7 +91,8 @@ class MetricWriter:
             f"(config.train.on_nonfinite='raise'); {where}.")
       if step == pending[-1][0]:
         scalars.update(cosines.means())
-      self.write(step, scalars)
+      if step % self.every == 0 or step == pending[-1][0]:
+        self.write(step, scalars)
       written.append((step, scalars))
     self._flush_files()
     return written

@@ -62,6 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = 'synthetic'       # a registered data set; its options in c.data.<name>
   c.data.seed = 0                 # the data set's own randomness (splits, pairs, ...)
+  c.data.reseed = False           # True: a run with seed s draws its data with data.seed + s
   c.data.tasks = ()               # train on these tasks only (e.g. one: a single-task run)
   c.data.worker_count = 0         # grain worker processes reading training batches; 0: none
   for name in registry.DATASETS.names():   # one block per data set, its builder's defaults
@@ -123,6 +124,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.steps = 3000
   c.train.batch_size = 256
   c.train.log_every = 100
+  c.train.metrics_every = 1       # metrics.jsonl / TensorBoard keep every N-th step (all checked)
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
   c.train.on_nonfinite = 'skip'   # skip: reject the update and count it | raise

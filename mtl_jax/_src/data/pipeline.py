@@ -2,13 +2,15 @@
 
 Training batches (``BatchIterator``)::
 
-    range(N)[process shard] -> shuffle(seed, a new permutation each epoch)
+    range(N)[process shard] -> shuffle(a NumPy permutation drawn from (seed, epoch))
         -> batch(B / processes, drop_remainder=True) -> repeat(num_epochs) -> read
 
 The pipeline runs over example *indices*; ``read`` gathers a whole batch at once (one fancy
 index of the arrays, or the records of a source, stacked).  Each process reads a disjoint
 ``1 / process_count`` share of the examples (multi-host data parallelism), and its position
-is grain's iterator state, a small dict that the checkpoints store as JSON.
+a small dict that the checkpoints store as JSON (grain's iterator state where grain reads:
+records, or worker processes; in-memory arrays are read directly, with no per-batch overhead,
+which matters with one iterator per vmapped seed).
 
 Evaluation batches (``eval_batches``) visit every example once, in order, the last batch
 padded with masks 0, so that one compiled eval step serves a whole split.
@@ -27,6 +29,7 @@ from absl import flags
 import grain
 import numpy as np
 
+from mtl_jax._src.data import sources
 from mtl_jax._src.data.dataset import num_examples, take, with_all_masks
 from mtl_jax._src.tasks import TaskSet
 
@@ -61,34 +64,72 @@ class BatchIterator:
     self.batches_per_epoch = local_size // local_batch  # each epoch's remainder is dropped
     self._identity = {'seed': seed, 'batch_size': batch_size, 'num_examples': size,
                       'process_count': process_count, 'shuffle': shuffle}
-    indices = grain.MapDataset.range(local_size * process_count)[process_index::process_count]
-    if shuffle:
-      indices = indices.seed(seed).shuffle()
-    batches = indices.batch(local_batch, drop_remainder=True).repeat(num_epochs)
-    dataset = batches.map(lambda index: with_all_masks(take(split, index)))
+    self._batches = _IndexBatches(np.arange(local_size * process_count)[process_index::
+                                                                       process_count],
+                                  local_batch, seed, shuffle, num_epochs)
+    read = lambda index: with_all_masks(take(split, index))
+    self._read, self._position = read, 0
+    self._iterator = None                   # in-memory arrays, no workers: read directly
     if worker_count:
       if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (notebooks, pytest)
         flags.FLAGS.mark_as_parsed()
-      dataset = dataset.to_iter_dataset().mp_prefetch(
-          grain.MultiprocessingOptions(num_workers=worker_count))
-    self._iterator = iter(dataset)
+      self._iterator = iter(grain.MapDataset.source(self._batches).map(read).to_iter_dataset()
+                            .mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count)))
+    elif sources.is_source(split):          # records: grain's threads read ahead
+      self._iterator = iter(grain.MapDataset.source(self._batches).map(read))
 
   def __iter__(self) -> Iterator[dict]:
     return self
 
   def __next__(self) -> dict:
-    return next(self._iterator)
+    if self._iterator is not None:
+      return next(self._iterator)
+    if self._position >= len(self._batches):
+      raise StopIteration
+    batch = self._read(self._batches[self._position])
+    self._position += 1
+    return batch
 
   def get_state(self) -> dict:
     """The position (grain's iterator state) and what it is valid for; JSON-serialisable."""
-    return {**self._identity, 'grain': self._iterator.get_state()}
+    position = ({'next_index': self._position} if self._iterator is None
+                else self._iterator.get_state())
+    return {**self._identity, 'grain': position}
 
   def set_state(self, state: Mapping) -> None:
     changed = [k for k, v in self._identity.items() if state.get(k) != v]
     if changed:
       raise ValueError('iterator state does not match this iterator: ' + ', '.join(
           f'{k} {state.get(k)} != {self._identity[k]}' for k in changed))
-    self._iterator.set_state(state['grain'])
+    if self._iterator is None:
+      self._position = int(state['grain']['next_index'])
+    else:
+      self._iterator.set_state(state['grain'])
+
+
+class _IndexBatches:
+  """The example indices of batch k of the stream (a grain ``MapDataset`` source): epoch
+  ``k // per_epoch`` is a permutation of ``indices`` drawn from NumPy's generator seeded with
+  ``(seed, epoch)`` (vectorised: one permutation per epoch, not one draw per element), cut into
+  batches, the remainder dropped; ``num_epochs`` None: endless."""
+
+  def __init__(self, indices: np.ndarray, batch_size: int, seed: int, shuffle: bool,
+               num_epochs: Optional[int]):
+    self.indices, self.batch_size, self.seed, self.shuffle = indices, batch_size, seed, shuffle
+    self.per_epoch = len(indices) // batch_size
+    self.length = self.per_epoch * num_epochs if num_epochs is not None else 2 ** 62
+    self._epoch, self._order = -1, indices
+
+  def __len__(self) -> int:
+    return self.length
+
+  def __getitem__(self, k: int) -> np.ndarray:
+    epoch, j = divmod(int(k), self.per_epoch)
+    if epoch != self._epoch:
+      self._epoch = epoch
+      self._order = (np.random.default_rng([self.seed, epoch]).permutation(self.indices)
+                     if self.shuffle else self.indices)
+    return self._order[j * self.batch_size:(j + 1) * self.batch_size]
 
 
 def eval_batches(split, batch_size: int, tasks: TaskSet, *, process_index: int = 0,
