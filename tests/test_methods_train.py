@@ -56,8 +56,9 @@ def test_mode_and_chunk_size_from_the_config_reach_the_engine(tmp_path):
 
 def test_head_grads_from_the_config_change_only_the_task_params(tmp_path):
   """After one step, 'weighted' head gradients change the task-specific params only: the
-  shared update does not depend on them."""
-  base = {'weighting.name': 'pcgrad', 'train.steps': 1}
+  shared update does not depend on them.  (SGD: Adam's first update is about lr * sign(g),
+  whatever the scale of g.)"""
+  base = {'weighting.name': 'pcgrad', 'train.steps': 1, 'optim.name': 'sgd'}
   unweighted = _params_after(tmp_path, 'default', **base)
   weighted = _params_after(tmp_path, 'weighted', **base, **{'weighting.head_grads': 'weighted'})
   chex.assert_trees_all_close(weighted['shared'], unweighted['shared'], rtol=1e-6, atol=1e-7)

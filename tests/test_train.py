@@ -115,6 +115,8 @@ def test_metrics_every_writes_every_nth_step_but_checks_them_all(tmp_path):
   """With every=3 the file keeps steps 3, 6 and each flush's last; a rejected update at a
   step it does not write still stops an on_nonfinite='raise' run, naming that step."""
   ok = {'loss': 1.0, 'grad_norm': 1.0, 'rejected': 0.0, 'losses': [1.0, 2.0]}
+  (tmp_path / 'a').mkdir()
+  (tmp_path / 'b').mkdir()
   writer = train.MetricWriter(str(tmp_path / 'a'), ('y1', 'y2'), every=3)
   for step in range(1, 8):
     writer.add(step, ok)

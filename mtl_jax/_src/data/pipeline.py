@@ -118,18 +118,20 @@ class _IndexBatches:
     self.indices, self.batch_size, self.seed, self.shuffle = indices, batch_size, seed, shuffle
     self.per_epoch = len(indices) // batch_size
     self.length = self.per_epoch * num_epochs if num_epochs is not None else 2 ** 62
-    self._epoch, self._order = -1, indices
+    self._cached = (-1, indices)      # (epoch, its order): replaced whole, so that grain's
+                                      # reading threads never see one epoch with another's order
 
   def __len__(self) -> int:
     return self.length
 
   def __getitem__(self, k: int) -> np.ndarray:
     epoch, j = divmod(int(k), self.per_epoch)
-    if epoch != self._epoch:
-      self._epoch = epoch
-      self._order = (np.random.default_rng([self.seed, epoch]).permutation(self.indices)
-                     if self.shuffle else self.indices)
-    return self._order[j * self.batch_size:(j + 1) * self.batch_size]
+    cached = self._cached
+    if cached[0] != epoch:
+      cached = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.indices)
+                if self.shuffle else self.indices)
+      self._cached = cached
+    return cached[1][j * self.batch_size:(j + 1) * self.batch_size]
 
 
 def eval_batches(split, batch_size: int, tasks: TaskSet, *, process_index: int = 0,
