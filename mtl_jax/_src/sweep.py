@@ -48,10 +48,23 @@ def check_request(methods: Sequence[str], num_seeds) -> list:
                       f'{", ".join(known)}')
   if len(set(methods)) != len(methods):
     raise ConfigError(f'--methods: a method is named twice in {methods}')
+  _check_seeds(num_seeds)
+  return methods
+
+
+def _check_seeds(num_seeds) -> None:
   if type(num_seeds) is not int or num_seeds < 1:  # pylint: disable=unidiomatic-typecheck
     raise ConfigError(f'--seeds: must be an integer >= 1 (the number of seeds), got '
                       f'{num_seeds!r}')
-  return methods
+
+
+def _parent(config, key: str):
+  """``(node, leaf)`` of a dotted ``key`` in ``config``; node None if the path is not there."""
+  node, *path = [config] + key.split('.')
+  for part in path[:-1]:
+    node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+  ok = isinstance(node, ml_collections.ConfigDict) and path[-1] in node
+  return (node if ok else None), path[-1]
 
 
 def check_variants(config, variants: dict) -> dict:
@@ -65,10 +78,7 @@ def check_variants(config, variants: dict) -> dict:
       raise ConfigError(f'variants: {name!r} cannot name a unit (empty, has "/" or starts '
                         f'with {BASELINE!r})')
     for key in overrides:
-      node, *path = [config] + key.split('.')
-      for part in path[:-1]:
-        node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
-      if not isinstance(node, ml_collections.ConfigDict) or path[-1] not in node:
+      if _parent(config, key)[0] is None:
         raise ConfigError(f'variants[{name!r}]: config.{key} is not a config key')
   return variants
 
@@ -76,10 +86,7 @@ def check_variants(config, variants: dict) -> dict:
 def _variant(config, name: str, overrides: dict) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict(config.to_dict())
   for key, value in overrides.items():
-    *path, leaf = key.split('.')
-    node = c
-    for part in path:
-      node = node[part]
+    node, leaf = _parent(c, key)
     node[leaf] = value
   c.eval.baselines = False
   c.name = f'{config.name}-{name}'
@@ -163,7 +170,7 @@ def run_sweep(config, methods: Sequence[str], num_seeds: int, workdir: str, *,
   the tables' rows are the variants).
   """
   if variants is not None:
-    check_request(['ew'], num_seeds)
+    _check_seeds(num_seeds)
     methods = list(check_variants(config, dict(variants)))
   else:
     methods = check_request(list(methods), num_seeds)
