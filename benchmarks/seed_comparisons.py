@@ -187,7 +187,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--seeds', type=int, default=10)
-  parser.add_argument('--correlations', type=float, nargs='+', default=(0.5, 0.9))
+  parser.add_argument('--correlations', type=float, nargs='*', default=(0.5, 0.9),
+                      help='synthetic settings (none: MultiMNIST only)')
   parser.add_argument('--steps', type=int, default=2000)
   parser.add_argument('--mnist-steps', type=int, default=300, help='0: no MultiMNIST')
   parser.add_argument('--sizes', type=int, nargs=3, default=(10000, 1000, 1000))
@@ -197,6 +198,8 @@ def main():
                            'with this many seeds (0: no)')
   parser.add_argument('--quick', action='store_true')
   parser.add_argument('--out', default=os.path.join(RESULTS, 'seed_comparisons.json'))
+  parser.add_argument('--merge', action='store_true',
+                      help='keep the settings of an existing --out that this run does not redo')
   args = parser.parse_args()
   if args.quick:
     args.seeds, args.steps, args.mnist_steps, args.sizes = 3, 20, 4, (256, 64, 64)
@@ -209,12 +212,18 @@ def main():
     if args.more_seeds and setting.startswith('synthetic') and undecided:
       results[f'{setting}, {args.more_seeds} seeds'] = run_setting(
           setting, {k: sweeps[k] for k in undecided}, args.more_seeds, args)
+  record = {'config': vars(args)}
+  if args.merge and os.path.exists(args.out):
+    with open(args.out) as f:
+      old = json.load(f)
+    results = {**old['results'], **results}
+    record['earlier_runs'] = old.get('earlier_runs', []) + [old['config']]
   text = table(results)
   print(f'\n{args.seeds} seeds; synthetic {args.steps} steps, MultiMNIST {args.mnist_steps} '
         f'steps; Δm% vs single-task (lower is better), mean ± std over seeds\n\n{text}')
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, 'w') as f:
-    json.dump({'config': vars(args), 'results': results}, f, indent=1)
+    json.dump({**record, 'results': results}, f, indent=1)
   plot(results, args.out.replace('.json', '.png'))
   print(f'wrote {args.out}')
 
