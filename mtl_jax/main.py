@@ -3,6 +3,11 @@
 Any config key can be overridden, e.g. ``--config.optim.lr=1e-3``.  Running the same
 command again resumes from the latest usable checkpoint in ``DIR``.
 
+Several hosts: the same command on each, one process per host, with
+``--config.distributed.coordinator_address=HOST0:PORT --config.distributed.num_processes=N
+--config.distributed.process_id=I`` (or a cluster launcher's environment: README, "Several
+hosts").  Process 0 prints the run; the others print only errors and warnings (stderr).
+
 Exit status: 0 done; 1 the run stopped (too many rejected updates, a non-finite loss under
 ``on_nonfinite='raise'``, no usable checkpoint); 2 a usage or configuration error.  Errors are
 printed as one or two lines naming the flag or config field; ``--debug`` (or
@@ -31,8 +36,12 @@ def parse_flags(argv):
 
 
 def main(argv):
-  cli.run_main(FLAGS, argv, lambda: train.train_and_evaluate(cli.load_config(FLAGS['config']),
-                                                             FLAGS.workdir))
+  def run():
+    config = cli.load_config(FLAGS['config'])
+    cli.join_processes(config)      # several processes: first, before JAX's backend starts
+    train.train_and_evaluate(config, FLAGS.workdir)
+
+  cli.run_main(FLAGS, argv, run)
 
 
 if __name__ == '__main__':

@@ -32,6 +32,7 @@ from mtl_jax._src.models.lookup import (backbone_hyperparameters, backbone_names
 from mtl_jax._src.models.mlp import MLP
 from mtl_jax._src.models.mtan import MTAN
 from mtl_jax._src.models.ple import PLE
+from mtl_jax._src.models.resnet import ResNet
 from mtl_jax._src.models.shared_bottom import SharedBottom
 from mtl_jax._src.models.stacked import Stacked
 from mtl_jax._src.models.stages import Hook, resolve_stages, run_hook
@@ -46,7 +47,7 @@ __all__ = [
     'AdversarialSharedPrivate', 'ColumnModel', 'DSelectK', 'GatedFusion', 'Independent',
     'MMoE', 'MTAN', 'PLE', 'SharedBottom', 'TaskAttention',
     # backbones
-    'LeNet', 'MLP', 'SmallCNN', 'TransformerEncoder',
+    'LeNet', 'MLP', 'ResNet', 'SmallCNN', 'TransformerEncoder',
     # building blocks
     'Hook', 'Stacked', 'StackedTowers', 'TaskHeads', 'Tower', 'check', 'check_widths',
     'resolve_stages', 'run_hook', 'SHARED', 'TASK',

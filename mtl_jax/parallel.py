@@ -1,5 +1,13 @@
-"""Meshes and shardings for data-parallel training with ``jax.jit`` (one or many hosts)."""
+"""Meshes and shardings for ``jax.jit`` (one or many hosts): data parallelism over a
+``('data',)`` mesh, and on a ``('data', 'model')`` mesh the state split over ``'model'``
+(FSDP, task parallelism or both: ``state_sharding``)."""
 
-from mtl_jax._src.parallel import data_sharded, make_mesh, replicate, replicated, shard_batch
+from mtl_jax._src.distributed import (JoinError, check_same_config, initialize,
+                                      initialize_from_config)
+from mtl_jax._src.parallel import (LAYOUTS, StateSharding, data_sharded, make_mesh,
+                                   mesh_shape, param_specs, replicate, replicated,
+                                   shard_batch, state_sharding)
 
-__all__ = ['data_sharded', 'make_mesh', 'replicate', 'replicated', 'shard_batch']
+__all__ = ['JoinError', 'check_same_config', 'initialize', 'initialize_from_config',
+           'LAYOUTS', 'StateSharding', 'data_sharded', 'make_mesh', 'mesh_shape',
+           'param_specs', 'replicate', 'replicated', 'shard_batch', 'state_sharding']

@@ -57,3 +57,19 @@ def run_python(args, env=None, timeout=300, **kwargs):
   full_env = dict(os.environ, PYTHONUNBUFFERED='1', JAX_PLATFORMS='cpu', **(env or {}))
   return subprocess.run([sys.executable, *args], cwd=REPO, env=full_env, capture_output=True,
                         text=True, timeout=timeout, **kwargs)
+
+
+def start_python(args, env=None, **kwargs):
+  """Starts ``python args`` from the repository root (as ``run_python``, without waiting);
+  returns the Popen, its output captured as text."""
+  full_env = dict(os.environ, PYTHONUNBUFFERED='1', JAX_PLATFORMS='cpu', **(env or {}))
+  return subprocess.Popen([sys.executable, *args], cwd=REPO, env=full_env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 that nothing listens on (now)."""
+  import socket  # pylint: disable=import-outside-toplevel
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]

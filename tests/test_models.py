@@ -104,8 +104,8 @@ def test_head_params_affect_only_their_task():
 def test_unknown_model_and_backbone_names():
   with pytest.raises(ValueError, match="unknown model 'mmoee'"):
     models.get('mmoee', T.TaskSet([T.binary('a')]), nn.Dense(3))
-  with pytest.raises(ValueError, match="unknown backbone 'resnet'"):
-    models.get_backbone('resnet')
+  with pytest.raises(ValueError, match="unknown backbone 'vgg'"):
+    models.get_backbone('vgg')
 
 
 def test_unknown_options_name_the_field():

@@ -138,6 +138,15 @@ def parse_flags(flag_values, argv, required: Sequence[str], example: str):
   return argv
 
 
+def join_processes(config) -> None:
+  """Joins the run's other processes, if any (``config.distributed``; before anything starts
+  JAX's backend).  On processes other than 0 stdout then goes nowhere: process 0 prints the
+  run, and every process still prints its errors and warnings (stderr)."""
+  from mtl_jax._src import distributed  # pylint: disable=import-outside-toplevel
+  if distributed.initialize_from_config(config) and not distributed.is_primary():
+    sys.stdout = open(os.devnull, 'w')  # pylint: disable=consider-using-with
+
+
 def run_main(flag_values, argv, body) -> None:
   """``body()`` for a command's ``main``: surplus arguments, a usage or configuration error
   (exit 2) and a stopped run (exit 1) reported in one or two lines; tracebacks with

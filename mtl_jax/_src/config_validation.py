@@ -7,7 +7,7 @@ import json
 
 import ml_collections
 
-from mtl_jax._src import models, registry
+from mtl_jax._src import models, parallel, precision, registry
 from mtl_jax.configs import default
 
 
@@ -37,7 +37,8 @@ RESUMABLE_CHANGES = ('config.name', 'config.train.steps', 'config.train.log_ever
                      'config.train.checkpoint_every', 'config.train.keep_checkpoints',
                      'config.train.on_nonfinite', 'config.train.max_rejected_fraction',
                      'config.train.warn_rejected_fraction', 'config.train.rejected_window',
-                     'config.train.diagnostics_every', 'config.eval.')
+                     'config.train.diagnostics_every', 'config.train.compute_dtype',
+                     'config.train.grad_dtype', 'config.eval.', 'config.distributed.')
 
 
 # Keys renamed since version 0.1.0 (checkpoints written before still resume).
@@ -48,6 +49,11 @@ RENAMED = {f'config.data.{k}': f'config.data.synthetic.{k}' for k in (
 
 def _as_json(config) -> dict:
   return _flat(ml_collections.ConfigDict(json.loads(config.to_json_best_effort())))
+
+
+def flat_json(config) -> dict:
+  """``{'config.a.b': value}`` of ``config`` as JSON values (tuples as lists), every leaf."""
+  return _as_json(config)
 
 
 def check_resumable(saved: dict, config: ml_collections.ConfigDict) -> None:
@@ -77,6 +83,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   come from the builders' signatures; each component checks its own option values when it is
   built (the trainer reports those as ``config.<section>.<name>.<option>``)."""
   _check_keys(config)
+  check_distributed(config)
   _check_train_and_eval(config)      # first: other checks read train.steps, batch_size
   _check_data_and_model(config)
   _check_weighting_and_optim(config)
@@ -189,6 +196,10 @@ def _check_train_and_eval(c) -> None:
            "must be 'skip' or 'raise'", t.on_nonfinite)
   _require(t.num_devices >= 0, 'config.train.num_devices', 'must be >= 0 (0: all)',
            t.num_devices)
+  _check_mesh_keys(t)
+  for field in ('compute_dtype', 'grad_dtype'):
+    _require(t[field] in precision.DTYPES, f'config.train.{field}',
+             f'must be one of {precision.DTYPES}', t[field])
   for field, block in (('train.diagnostics_every', t), ('eval.every', c.eval)):
     value = block[field.split('.')[1]]
     _require(type(value) is int and value >= 0, f'config.{field}',
@@ -202,3 +213,99 @@ def _check_train_and_eval(c) -> None:
            c.eval.delta_m_metrics)
   _require(set(c.eval.splits) <= {'train', 'val', 'test'}, 'config.eval.splits',
            "must name splits among 'train', 'val', 'test'", c.eval.splits)
+
+
+def _check_mesh_keys(t) -> None:
+  """``config.train.mesh_shape`` and ``shard`` on their own (the device count, the batch and
+  the model's stacked axes are checked against the mesh by ``check_mesh``)."""
+  shape = t.mesh_shape
+  _require(isinstance(shape, (tuple, list)) and len(shape) in (0, 2)
+           and all(type(n) is int for n in shape) and (not shape or (shape[0] >= 0
+                                                                   and shape[1] >= 1)),
+           'config.train.mesh_shape', "must be () (the 1-D 'data' mesh) or (data, model) "
+           'with data >= 0 (0: all the devices left) and model >= 1', shape)
+  _require(t.shard in parallel.LAYOUTS, 'config.train.shard',
+           f'must be one of {parallel.LAYOUTS}', t.shard)
+  _require(t.shard == 'none' or shape, 'config.train.shard',
+           f"{t.shard!r} splits the state over the mesh's 'model' axis: set "
+           'config.train.mesh_shape=(data, model) too', t.shard)
+  if shape and shape[0]:
+    _require(t.num_devices in (0, shape[0] * shape[1]), 'config.train.num_devices',
+             f'must be 0 or {shape[0] * shape[1]} (the devices of config.train.mesh_shape='
+             f'{tuple(shape)})', t.num_devices)
+
+
+def stacked_sizes(config, tasks) -> dict:
+  """``{what: size}`` of the stacked axes that ``config.train.shard`` 'tasks' splits over
+  the mesh's 'model' axis: the task axis T ('tasks'), each task group's heads ('task group
+  <g>'), and every expert count of the model (its options ``num_*experts``, by their
+  config field)."""
+  sizes = {'tasks': len(tasks)}
+  sizes.update({f'task group {g}': len(group.names) for g, group in enumerate(tasks.groups)})
+  options = config.model.get(config.model.name, {})
+  for key, value in options.items():
+    if key.startswith('num_') and key.endswith('experts') and type(value) is int:
+      sizes[f'config.model.{config.model.name}.{key}'] = value
+  return sizes
+
+
+def check_mesh(config, mesh, tasks) -> None:
+  """Raises ``ConfigError`` naming the field unless ``mesh`` (the run's) splits the batches
+  (``config.train.batch_size``, ``config.eval.batch_size``) over its 'data' axis and, with
+  ``config.train.shard`` 'tasks', the task axis T and the model's expert counts over its
+  'model' axis.  Nothing is padded: a stacked axis of a size not divisible by the model axis
+  is refused, except task groups' heads (replicated) and counts of 1 (nothing to split)."""
+  data, shape = mesh.shape['data'], tuple(config.train.mesh_shape)
+  where = (f"devices of the mesh's 'data' axis (config.train.mesh_shape={shape})" if shape
+           else 'devices of the mesh')
+  for field in ('train.batch_size', 'eval.batch_size'):
+    section, key = field.split('.')
+    _require(config[section][key] % data == 0, f'config.{field}',
+             f'must be divisible by the {data} {where}', config[section][key])
+  if 'tasks' not in config.train.shard:
+    return
+  model = mesh.shape['model']
+  for what, size in stacked_sizes(config, tasks).items():
+    if size % model == 0 or size == 1 or what.startswith('task group'):
+      continue
+    if what == 'tasks':
+      raise ConfigError(
+          f"config.train.shard: {config.train.shard!r} splits the task axis over the mesh's "
+          f"'model' axis of {model} devices (config.train.mesh_shape={shape}), but the "
+          f'{size} tasks are not divisible by {model} (the task axis is not padded): use a '
+          f"model axis dividing {size}, or shard='fsdp'")
+    _require(False, what, f"config.train.shard={config.train.shard!r} splits the expert axis "
+             f"over the mesh's 'model' axis of {model} devices (config.train.mesh_shape="
+             f'{shape}): must be divisible by {model} (it is not padded)', size)
+
+
+def check_distributed(c) -> None:
+  """Checks ``config.distributed`` alone (joining the other processes reads it before the
+  rest of the config is validated); raises ``ConfigError`` naming the field."""
+  from mtl_jax._src import distributed  # pylint: disable=import-outside-toplevel
+  if 'distributed' not in c:
+    raise ConfigError('config.distributed: missing config key (see mtl_jax/configs/default.py)')
+  d = c.distributed
+  _require(d.initialize in distributed.MODES, 'config.distributed.initialize',
+           f'must be one of {distributed.MODES}', d.initialize)
+  _require(isinstance(d.coordinator_address, str), 'config.distributed.coordinator_address',
+           "must be '' (unset) or 'host:port'", d.coordinator_address)
+  if d.coordinator_address:
+    try:
+      distributed.split_address(d.coordinator_address, 'config.distributed.coordinator_address')
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+  _require(type(d.num_processes) is int and d.num_processes >= 0,
+           'config.distributed.num_processes', 'must be an integer >= 0 (0: unset)',
+           d.num_processes)
+  n = d.num_processes
+  _require(type(d.process_id) is int and -1 <= d.process_id < (n or d.process_id + 1),
+           'config.distributed.process_id',
+           f'must be in [0, {n}) (config.distributed.num_processes={n}), or -1 (unset)' if n
+           else 'must be an integer >= 0, or -1 (unset)', d.process_id)
+  ids = d.local_device_ids
+  _require(isinstance(ids, (tuple, list)) and all(type(i) is int and i >= 0 for i in ids)
+           and len(set(ids)) == len(ids), 'config.distributed.local_device_ids',
+           'must be distinct device indices >= 0, e.g. (0, 1) (empty: all)', ids)
+  _require(type(d.timeout_s) in (int, float) and d.timeout_s > 0,
+           'config.distributed.timeout_s', 'must be a number of seconds > 0', d.timeout_s)

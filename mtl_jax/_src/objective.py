@@ -13,6 +13,11 @@ needs to know about the model is decided there, not by tracing the model inside 
   their names are the dict's keys, known when the step is traced.
 
 ``bind(params, model_state, batch, rng)`` gives the engine's ``LossFns`` for one batch.
+
+Mixed precision (``compute_dtype``, see ``mtl_jax/_src/precision.py``): the model runs on a
+bfloat16 copy of the parameters and inputs, its outputs return in float32, so the losses and
+all the engine does with them stay float32; the representation handed to the heads is float32
+too (its per-task cotangents in mode 'rep'), or ``grad_dtype`` if that is given.
 """
 
 from typing import Any, Optional
@@ -22,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtl_jax._src import precision
 from mtl_jax._src.tasks import TaskSet
 from mtl_jax._src.weighting.engine import LossFns
 
@@ -30,11 +36,19 @@ AUX_LOSS = 'aux_loss'
 
 
 def apply_model(model: nn.Module, params, model_state, inputs, train: bool, rng=None,
-                method=None):
+                method=None, compute_dtype=None):
   """``(output, new model_state, {aux-loss name: scalar})`` of ``model.apply``.
 
   In training every non-parameter collection is mutable (e.g. ``batch_stats``) and the
-  auxiliary losses the model sowed are summed per name (``'a/b'`` for nested scopes)."""
+  auxiliary losses the model sowed are summed per name (``'a/b'`` for nested scopes).
+  With ``compute_dtype`` (e.g. ``jnp.bfloat16``) the floating parameters and inputs are cast
+  to it, and the output, the auxiliary losses and the new model state return in float32 (the
+  model state in its own dtypes)."""
+  if compute_dtype is not None:
+    out, new_state, aux = apply_model(model, precision.cast(params, compute_dtype), model_state,
+                                      precision.cast(inputs, compute_dtype), train, rng, method)
+    return (precision.to_float32(out), precision.like(new_state, model_state),
+            precision.to_float32(aux))
   variables = {'params': params, **model_state}
   rngs = {'dropout': rng} if rng is not None else None
   if not train:
@@ -65,10 +79,15 @@ class Objective:
     tasks: the task set; fixes the order of the ``[T]`` losses.
     frozen: optional bool pytree like the params: True leaves get no gradient
       (``stop_gradient``), so Jacobians and Gram matrices cover trainable parameters only.
+    compute_dtype: the dtype the model computes in (None: the params' own, float32).
+    grad_dtype: the dtype of the representation handed to the heads, hence of its
+      per-task cotangents in mode 'rep' (None: float32).
   """
 
-  def __init__(self, model: nn.Module, tasks: TaskSet, frozen: Optional[PyTree] = None):
+  def __init__(self, model: nn.Module, tasks: TaskSet, frozen: Optional[PyTree] = None,
+               compute_dtype=None, grad_dtype=None):
     self.model, self.tasks, self.frozen = model, tasks, frozen
+    self.compute_dtype, self.grad_dtype = compute_dtype, grad_dtype
     self.splits = hasattr(model, 'representation') and hasattr(model, 'heads')
 
   def _freeze(self, params):
@@ -78,11 +97,11 @@ class Objective:
 
   def bind(self, params, model_state, batch, rng) -> LossFns:
     """The loss functions of one training batch (dropout from ``rng``)."""
-    model, tasks, inputs = self.model, self.tasks, batch['inputs']
+    model, tasks, inputs, low = self.model, self.tasks, batch['inputs'], self.compute_dtype
 
     def full(p):
       preds, new_state, aux_losses = apply_model(model, self._freeze(p), model_state, inputs,
-                                                 True, rng)
+                                                 True, rng, compute_dtype=low)
       return tasks.losses(preds, batch), aux_losses, new_state
 
     if not self.splits:
@@ -91,15 +110,15 @@ class Objective:
     def trunk(shared):
       p = self._freeze({'shared': shared, 'task': params['task']})
       z, new_state, aux_losses = apply_model(model, p, model_state, inputs, True, rng,
-                                             method='representation')
+                                             method='representation', compute_dtype=low)
       self._no_aux_losses(aux_losses)
-      return z, new_state
+      return precision.cast(z, self.grad_dtype), new_state
 
     def heads(z_stacked, task):
       p = self._freeze({'shared': params['shared'], 'task': task})
       run = lambda module, z, train: module.heads(z, train, stacked=True, inputs=inputs)
       preds, new_state, aux_losses = apply_model(model, p, model_state, z_stacked, True, rng,
-                                                 method=run)
+                                                 method=run, compute_dtype=low)
       self._no_aux_losses(aux_losses)
       return tasks.losses(preds, batch), new_state
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtl_jax._src import precision
 from mtl_jax._src.tasks import TaskSet
 from mtl_jax._src.objective import Objective, apply_model
 from mtl_jax._src.weighting import engine
@@ -83,9 +84,10 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
                     weighting: Weighting, *, schedule: Optional[Callable] = None,
                     mode: str = 'auto', chunk_size: Optional[int] = None,
                     head_grads: Optional[str] = None,
-                    mesh: Optional[jax.sharding.Mesh] = None, jit: bool = True,
-                    donate: bool = True, frozen: Optional[PyTree] = None,
-                    task_sampling: int = 0, diagnostics_every: int = 0):
+                    mesh: Optional[jax.sharding.Mesh] = None, sharding: Any = None,
+                    jit: bool = True, donate: bool = True, frozen: Optional[PyTree] = None,
+                    task_sampling: int = 0, diagnostics_every: int = 0,
+                    compute_dtype=None, grad_dtype=None):
   """Returns a pure ``(state, batch) -> (state, metrics)``.
 
   Args:
@@ -102,6 +104,10 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
     chunk_size: compute per-task gradients this many tasks at a time (None: all at once).
     head_grads: 'weighted' or 'unweighted' task-specific gradients (None: the method's).
     mesh: if given, the batch is sharded over its ``'data'`` axis and the state replicated.
+    sharding: a ``parallel.StateSharding`` (``parallel.state_sharding``): the state's
+      shardings on a ('data', 'model') mesh (FSDP, task parallelism), instead of ``mesh``'s
+      replication, and the per-task Jacobian's task axis split over 'model' (its
+      ``task_rows``).
     jit: return the jit-compiled step (state donated) rather than the Python function.
     donate: donate the input state's buffers to the output.
     frozen: a bool pytree like the params: True leaves get no gradient (``stop_gradient``),
@@ -113,6 +119,12 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
     diagnostics_every: N > 0 logs the gradient diagnostics of a loss-only method every N-th
       update, at the cost of one Jacobian of the shared parameters on those steps (gradient
       methods log them every step, free: they compute the Gram matrix anyway).
+    compute_dtype: 'bfloat16' runs the model in bfloat16 on a copy of the float32 params and
+      inputs (mixed precision, ``mtl_jax/_src/precision.py``): losses, Gram matrix, solvers,
+      optimizer and state stay float32.  None or 'float32': all float32.
+    grad_dtype: 'bfloat16' takes and stores the per-task gradients (Jacobian rows, mode 'rep'
+      cotangents) in bfloat16, half their memory; G and the solvers still accumulate in
+      float32 and the combined gradient returns to float32 before the optimizer.
 
   Metrics: ``losses`` [T], ``weights`` [T], ``loss`` (= sum_t w_t L_t + auxiliary losses),
   ``grad_norm``, ``param_norm`` (of the params the step returns), ``lr``, ``rejected`` (1 if
@@ -127,19 +139,26 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
   NaN where not measured (see ``mtl_jax.weighting.gradient_diagnostics``); in ``mode='rep'``
   of the representation gradients.
   """
-  objective = Objective(model, tasks, frozen)
-  options = engine.Options(mode, chunk_size, head_grads, task_sampling, diagnostics_every)
+  compute_dtype = precision.resolve(compute_dtype, 'compute_dtype')
+  grad_dtype = precision.resolve(grad_dtype, 'grad_dtype')
+  objective = Objective(model, tasks, frozen, compute_dtype, grad_dtype)
+  options = engine.Options(mode, chunk_size, head_grads, task_sampling, diagnostics_every,
+                           task_rows=sharding.task_rows if sharding is not None else None)
   engine.check(weighting, len(tasks), options, objective.splits)
 
   def train_step(state: TrainState, batch):
     rng, dropout_rng, weighting_rng = jax.random.split(state.rng, 3)
     applied = state.step - state.num_rejected
-    fns = objective.bind(state.params, state.model_state, batch, dropout_rng)
+    params = precision.cast(state.params, grad_dtype)   # what the per-task gradients are of
+    fns = objective.bind(params, state.model_state, batch, dropout_rng)
     if weighting.sub_batches > 1:     # k independent sub-batches (MoDo, SDMGrad)
-      bind = lambda part, r: objective.bind(state.params, state.model_state, part, r)
+      bind = lambda part, r: objective.bind(params, state.model_state, part, r)
       fns = engine.sub_batch_fns(bind, batch, weighting.sub_batches, dropout_rng)
-    out = engine.task_gradients(weighting, state.params, state.weighting_state, weighting_rng,
+    out = engine.task_gradients(weighting, params, state.weighting_state, weighting_rng,
                                 applied, fns, options)
+    if grad_dtype is not None:        # back to the dtypes of params and method state
+      out = out._replace(grads=precision.like(out.grads, state.params),
+                         state=precision.like(out.state, state.weighting_state))
 
     # a plateau schedule (optax.contrib.reduce_on_plateau) reads the sum of the task losses
     extra = ({'value': jnp.sum(out.losses)}
@@ -177,7 +196,9 @@ def make_train_step(model: nn.Module, tasks: TaskSet, optimizer: optax.GradientT
     }
     return new.replace(step=state.step + 1, rng=rng), metrics
 
-  return jit_train_step(train_step, mesh=mesh, donate=donate) if jit else train_step
+  if not jit:
+    return train_step
+  return jit_train_step(train_step, mesh=mesh, sharding=sharding, donate=donate)
 
 
 def plateau_scale(opt_state) -> jax.Array:
@@ -233,28 +254,45 @@ def guard(old: TrainState, update: Callable[[], TrainState], grads, finite):
   return state, {'grad_norm': jnp.sqrt(grad_sq), 'param_norm': jnp.sqrt(param_sq)}, rejected
 
 
-def jit_train_step(train_step, *, mesh: Optional[jax.sharding.Mesh] = None, donate: bool = True):
+def jit_train_step(train_step, *, mesh: Optional[jax.sharding.Mesh] = None,
+                   sharding: Any = None, donate: bool = True):
   """``jax.jit`` of a ``(state, batch) -> (state, metrics)`` function; with a ``mesh``, the
-  batch is sharded over its ``'data'`` axis and state and metrics are replicated."""
+  batch is sharded over its ``'data'`` axis and state and metrics are replicated; with a
+  ``sharding`` (a ``parallel.StateSharding``), the state in and out as it says (the batch
+  over its mesh's ``'data'`` axis, metrics replicated)."""
   shardings = {}
-  if mesh is not None:
+  if sharding is not None:
+    replicated, data = _shardings(sharding.mesh)
+    shardings = dict(in_shardings=(sharding.state, data),
+                     out_shardings=(sharding.state, replicated))
+  elif mesh is not None:
     replicated, data = _shardings(mesh)
     shardings = dict(in_shardings=(replicated, data), out_shardings=(replicated, replicated))
   return jax.jit(train_step, donate_argnums=(0,) if donate else (), **shardings)
 
 
 def make_eval_step(model: nn.Module, tasks: TaskSet, *,
-                   mesh: Optional[jax.sharding.Mesh] = None, jit: bool = True):
-  """Returns ``(params, model_state, batch) -> metric sums`` (see ``TaskSet.metric_sums``)."""
+                   mesh: Optional[jax.sharding.Mesh] = None, jit: bool = True,
+                   compute_dtype=None, sharding: Any = None):
+  """Returns ``(params, model_state, batch) -> metric sums`` (see ``TaskSet.metric_sums``);
+  the model in ``compute_dtype`` (as the train step's), the metrics in float32.  ``mesh``:
+  the batch sharded over its ``'data'`` axis, params and model state replicated;
+  ``sharding`` (a ``parallel.StateSharding``): params and model state as it places them."""
+  compute_dtype = precision.resolve(compute_dtype, 'compute_dtype')
 
   def eval_step(params, model_state, batch):
-    preds, _, _ = apply_model(model, params, model_state, batch['inputs'], False)
+    preds, _, _ = apply_model(model, params, model_state, batch['inputs'], False,
+                              compute_dtype=compute_dtype)
     return tasks.metric_sums(preds, batch)
 
   if not jit:
     return eval_step
   shardings = {}
-  if mesh is not None:
+  if sharding is not None:
+    replicated, data = _shardings(sharding.mesh)
+    shardings = dict(in_shardings=(sharding.state.params, sharding.state.model_state, data),
+                     out_shardings=replicated)
+  elif mesh is not None:
     replicated, data = _shardings(mesh)
     shardings = dict(in_shardings=(replicated, replicated, data), out_shardings=replicated)
   return jax.jit(eval_step, **shardings)

@@ -3,6 +3,12 @@
 ``train_once(config, workdir)`` writes into ``workdir``: ``config.json``, ``metrics.jsonl``
 (one line per step), ``tensorboard/`` events, ``checkpoints/`` (orbax; resumed
 automatically) and ``results.json`` (final per-task metrics; schema in the README).
+
+Several processes (``config.distributed``, one per host) run it as one run: ``build`` joins
+them (``jax.distributed``) and checks they share the config; each reads its rows of every
+global batch; process 0 alone writes ``config.json``, the metrics, ``results.json`` and the
+printed output; every process takes part in each orbax checkpoint.
+
 Experiments made of several runs (single-task baselines, encoder pretraining) are in
 ``mtl_jax._src.experiments``, whose ``train_and_evaluate`` is the public entry point.
 """
@@ -19,8 +25,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from mtl_jax._src import (config_validation, data, models, monitor, parallel, registry,
-                          transfer)
+from mtl_jax._src import (config_validation, data, distributed, models, monitor, parallel,
+                          registry, transfer)
 from mtl_jax._src.checkpointing import Checkpointer
 from mtl_jax._src.config_validation import ConfigError
 from mtl_jax._src.step import (TrainState, evaluate, init_train_state, jit_train_step,
@@ -188,7 +194,7 @@ class Run:
   schedule: Callable
   method: Weighting
   mesh: jax.sharding.Mesh
-  iterator: data.BatchIterator
+  iterator: Any               # data.BatchIterator, or ProcessShare of one (several processes)
   checkpointer: Checkpointer
 
   @property
@@ -198,11 +204,37 @@ class Run:
   @functools.cached_property
   def eval_step(self):
     """The run's one jitted eval step (validation during training and the final splits)."""
-    return make_eval_step(self.model, self.tasks, mesh=self.mesh)
+    return make_eval_step(self.model, self.tasks, mesh=self.mesh, sharding=self.sharding,
+                          compute_dtype=self.config.train.compute_dtype)
+
+  @functools.cached_property
+  def sharding(self) -> Optional[parallel.StateSharding]:
+    """Where the train state lies on the mesh (``config.train.shard``), derived from its
+    shapes (``jax.eval_shape``, nothing computed); None for 'none' (replicated)."""
+    if self.config.train.shard == 'none':
+      return None
+    sample = data.take(self.dataset.split('train'), np.arange(self.config.train.batch_size))
+    abstract = jax.eval_shape(lambda: init_train_state(
+        self.model, self.tasks, self.optimizer, self.method, sample['inputs'],
+        jax.random.PRNGKey(self.config.seed)))
+    sizes = config_validation.stacked_sizes(self.config, self.tasks).values()
+    return parallel.state_sharding(abstract, self.mesh, self.config.train.shard,
+                                   task_sizes=sizes)
+
+  def place(self, state: TrainState) -> TrainState:
+    """``state`` on the mesh: as ``sharding`` lays it out, or replicated."""
+    if self.sharding is None:
+      return parallel.replicate(state, self.mesh)
+    return jax.device_put(state, self.sharding.state)
 
 
 def build(config, workdir: str) -> Run:
-  """Stage 1: validate the config, record it, and build data, model, optimizer, method."""
+  """Stage 1: join the other processes if there are any (``config.distributed``: first, before
+  anything starts JAX's backend) and check that they all run this config in this workdir
+  (before validating it, so that a value bad on one process only stops them all), validate
+  the config, record it, and build data, model, optimizer, method."""
+  distributed.initialize_from_config(config)
+  distributed.check_same_config(config, workdir)
   config_validation.validate(config)
   make_workdir(workdir)
   checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
@@ -220,26 +252,23 @@ def _build_with(config, workdir: str, checkpointer: Checkpointer) -> Run:
   if checkpointer.latest_step() is not None and os.path.exists(config_path):
     with open(config_path) as f:
       config_validation.check_resumable(json.load(f), config)
-  with open(config_path, 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
+  if distributed.is_primary():
+    _write_atomically(config_path, config.to_json_best_effort(indent=2))
   dataset = build_dataset(config)
   model = build_model(config, dataset.tasks, dataset.per_task_inputs)
   try:
-    mesh = parallel.make_mesh(config.train.num_devices)
+    mesh = parallel.make_mesh(config.train.num_devices, tuple(config.train.mesh_shape))
   except ValueError as e:
     raise ConfigError(f'config.train.{e}') from None
-  for field in ('train.batch_size', 'eval.batch_size'):
-    section, key = field.split('.')
-    if config[section][key] % mesh.shape['data']:
-      raise ConfigError(f'config.{field}: must be divisible by the {mesh.shape["data"]} '
-                        f'devices of the mesh, got {config[section][key]}')
+  config_validation.check_mesh(config, mesh, dataset.tasks)
+  _check_mesh_spans_processes(mesh)
   try:
     iterator = data.BatchIterator(dataset.split('train'), config.train.batch_size,
-                                  seed=config.seed, process_index=jax.process_index(),
-                                  process_count=jax.process_count(),
-                                  worker_count=config.data.worker_count)
+                                  seed=config.seed, worker_count=config.data.worker_count)
   except ValueError as e:
     raise ConfigError(f'config.train.batch_size: {e}') from None
+  if jax.process_count() > 1:
+    iterator = ProcessShare(iterator, jax.process_index(), jax.process_count())
   method = build_weighting(config, dataset.tasks, iterator.batches_per_epoch)
   optimizer, schedule = build_optimizer(config, iterator.batches_per_epoch)
   k = method.sub_batches
@@ -250,6 +279,59 @@ def _build_with(config, workdir: str, checkpointer: Checkpointer) -> Run:
   _check_weighting_init(method, config, dataset, model)
   return Run(config, workdir, dataset, model, optimizer, schedule, method, mesh, iterator,
              checkpointer)
+
+
+def _check_mesh_spans_processes(mesh: jax.sharding.Mesh) -> None:
+  """With several processes the mesh must hold every device (each process feeds its own):
+  ``ConfigError`` naming ``config.train.num_devices`` otherwise."""
+  if jax.process_count() > 1 and mesh.devices.size != jax.device_count():
+    raise ConfigError(
+        f'config.train.num_devices: with {jax.process_count()} processes the mesh must span '
+        f'all {jax.device_count()} devices (num_devices=0, and a mesh_shape covering them), '
+        f'got a mesh of {mesh.devices.size}')
+
+
+def _write_atomically(path: str, text: str) -> None:
+  """Writes ``text`` to ``path`` through a temporary file and a rename, so that another
+  process reading ``path`` meanwhile sees the old file or the new one, never half of one."""
+  temporary = f'{path}.tmp-{os.getpid()}'
+  with open(temporary, 'w') as f:
+    f.write(text)
+  os.replace(temporary, path)
+
+
+class ProcessShare:
+  """This process's rows of every global batch of ``iterator`` (a ``data.BatchIterator``
+  over the whole split, the same on every process), for several processes.
+
+  Process i of n keeps rows ``[i B/n, (i+1) B/n)`` of each global batch of B, the rows its
+  devices hold on the mesh (``jax.devices()`` lists each process's devices together, in
+  process order), as ``data.eval_batches`` does.  So the global batches, and a run's
+  results, do not depend on the number of processes (one process with 4 devices equals two
+  with 2), and a checkpoint's data position resumes on any number of them.  The cost: each
+  process reads the whole global batch and keeps 1/n of it (negligible for in-memory data).
+  """
+
+  def __init__(self, iterator, process_index: int, process_count: int):
+    if iterator.batch_size % process_count:
+      raise ConfigError(f'config.train.batch_size: must be divisible by the {process_count} '
+                        f'processes, got {iterator.batch_size}')
+    local = iterator.batch_size // process_count
+    self._iterator, self._rows = iterator, slice(process_index * local,
+                                                 (process_index + 1) * local)
+    self.batch_size, self.batches_per_epoch = iterator.batch_size, iterator.batches_per_epoch
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    return jax.tree.map(lambda x: x[self._rows], next(self._iterator))
+
+  def get_state(self) -> dict:
+    return self._iterator.get_state()
+
+  def set_state(self, state) -> None:
+    self._iterator.set_state(state)
 
 
 def _check_weighting_init(method: Weighting, config, dataset, model) -> None:
@@ -295,7 +377,7 @@ def init_or_restore(run: Run, pretrained: Optional[Callable[[], PyTree]] = None)
     raise                     # already names its field (e.g. from the pretraining run)
   except ValueError as e:
     raise ConfigError(f'config.{e}') from None
-  state = parallel.replicate(state, run.mesh)
+  state = run.place(state)
   if start_step:
     # The fresh state is the target: its structure, dtypes and shardings.  Setting the
     # iterator's position is the last check, so it ends at the restored step's position.
@@ -320,7 +402,8 @@ def make_step(run: Run, state: TrainState, traces: dict, jit: bool = True):
         frozen=frozen, chunk_size=w.chunk_size or None,
         head_grads=None if w.head_grads == 'default' else w.head_grads, jit=False,
         task_sampling=run.config.train.task_sampling,
-        diagnostics_every=run.config.train.diagnostics_every)
+        diagnostics_every=run.config.train.diagnostics_every, sharding=run.sharding,
+        compute_dtype=run.config.train.compute_dtype, grad_dtype=run.config.train.grad_dtype)
   except engine.OptionError as e:
     raise ConfigError(f'{fields[e.field]}: {str(e).split(": ", 1)[1]}') from None
 
@@ -328,7 +411,8 @@ def make_step(run: Run, state: TrainState, traces: dict, jit: bool = True):
     traces['train_step'] += 1
     return raw_step(state, batch)
 
-  return jit_train_step(counted_step, mesh=run.mesh) if jit else counted_step
+  return jit_train_step(counted_step, mesh=run.mesh, sharding=run.sharding) if jit \
+      else counted_step
 
 
 def train(run: Run, state: TrainState, start_step: int, traces: dict) -> TrainState:
@@ -346,12 +430,13 @@ def train(run: Run, state: TrainState, start_step: int, traces: dict) -> TrainSt
   train_step = make_step(run, state, traces)
   writer = MetricWriter(run.workdir, run.tasks.names, resume_step=start_step,
                         on_nonfinite=config.train.on_nonfinite,
-                        every=config.train.metrics_every)
+                        every=config.train.metrics_every, primary=distributed.is_primary())
   policy = monitor.RejectionPolicy(config.train.rejected_window,
                                    config.train.max_rejected_fraction,
                                    config.train.warn_rejected_fraction,
                                    monitor.likely_causes(config, start_step))
-  progress = monitor.Progress(config.train.steps, start_step, run.tasks.names)
+  progress = (monitor.Progress(config.train.steps, start_step, run.tasks.names)
+              if distributed.is_primary() else _Silent())
   validate = _validation(run) if config.eval.every else None
 
   def flush(step, final=False):
@@ -381,6 +466,16 @@ def train(run: Run, state: TrainState, start_step: int, traces: dict) -> TrainSt
     run.checkpointer.wait()
     writer.close()
   return state
+
+
+class _Silent:
+  """The progress report of a process other than 0: nothing."""
+
+  def update(self, written) -> None:
+    del written
+
+  def close(self) -> None:
+    pass
 
 
 def _validation(run: Run, dataset=None) -> Callable[[TrainState], dict]:
@@ -433,8 +528,15 @@ def results(run: Run, state: TrainState, split_metrics: dict, **timing) -> dict:
 
 
 def write_results(workdir: str, record: dict) -> None:
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(record, f, indent=2)
+  """Writes ``results.json`` (process 0 alone, when there are several)."""
+  if distributed.is_primary():
+    _write_atomically(os.path.join(workdir, 'results.json'), json.dumps(record, indent=2))
+
+
+def _say(*lines) -> None:
+  """Prints ``lines`` on process 0 (the others print nothing of a run's progress)."""
+  if distributed.is_primary():
+    print(*lines, sep='\n')
 
 
 def train_once(config: ml_collections.ConfigDict, workdir: str,
@@ -452,8 +554,8 @@ def train_once(config: ml_collections.ConfigDict, workdir: str,
     run.checkpointer.close()
     raise
   if start_step >= config.train.steps:
-    print(f'{config.name}: already trained to step {start_step} in {workdir}; nothing to do '
-          '(raise config.train.steps to train on)')
+    _say(f'{config.name}: already trained to step {start_step} in {workdir}; nothing to do '
+         '(raise config.train.steps to train on)')
   traces = {'train_step': 0}
   train_start = time.time()
   try:
@@ -471,10 +573,11 @@ def train_once(config: ml_collections.ConfigDict, workdir: str,
   record = results(run, state, split_metrics, resumed_from_step=start_step,
                    train_step_traces=traces['train_step'], train_time_s=train_time,
                    wall_time_s=time.time() - start_time)
-  for split, values in split_metrics.items():
-    print(f'\n{config.name}: {split} metrics after {record["steps"]} steps')
-    print_table(run.tasks.directions(), values)
-  print(f'{config.name}: {record["steps"]} steps, {record["rejected_steps"]} updates rejected '
-        f'as non-finite ({record["rejected_steps"] / max(record["steps"], 1):.1%})')
+  if distributed.is_primary():
+    for split, values in split_metrics.items():
+      print(f'\n{config.name}: {split} metrics after {record["steps"]} steps')
+      print_table(run.tasks.directions(), values)
+  _say(f'{config.name}: {record["steps"]} steps, {record["rejected_steps"]} updates rejected '
+       f'as non-finite ({record["rejected_steps"] / max(record["steps"], 1):.1%})')
   write_results(workdir, record)
   return record

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from mtl_jax._src import precision
 from mtl_jax._src.weighting import apply, combine, engine
 from mtl_jax._src.weighting.base import Weighting
 
@@ -102,7 +103,8 @@ def mtl_value_and_grad(losses_fn: Optional[Callable], method: Weighting, *, shar
                        representation_fn: Optional[Callable] = None,
                        heads_fn: Optional[Callable] = None,
                        stacked_heads: bool = False,
-                       after_step: Optional[str] = None) -> Callable:
+                       after_step: Optional[str] = None,
+                       compute_dtype=None, grad_dtype=None) -> Callable:
   """The per-task losses and the method's combined gradient of any JAX model.
 
   Returns ``vg(params, state, key, *args, step=0, **kwargs) -> (losses, grads, weights,
@@ -144,6 +146,13 @@ def mtl_value_and_grad(losses_fn: Optional[Callable], method: Weighting, *, shar
     after_step: as for ``combine``: a method with a post-update hook (FAMO) needs 'manual',
       and then ``weighting.after_step(method, state, losses, losses_after)`` after each
       update.
+    compute_dtype: 'bfloat16' runs ``losses_fn`` (and ``representation_fn``, ``heads_fn``)
+      on bfloat16 copies of the floating leaves of its positional arguments (params and
+      batch; keyword arguments, e.g. labels, pass unchanged) and returns its outputs in
+      float32: losses, Gram matrix, solver and grads stay float32 (mixed precision).
+    grad_dtype: 'bfloat16' takes and stores the per-task gradients of the shared leaves
+      (Jacobian rows, mode 'rep' cotangents) in bfloat16, half their memory; the Gram matrix
+      still accumulates in float32 and ``grads`` return in the params' dtypes.
 
   ``vg``'s ``state`` is the method's (``method.init(T)`` first, None for a stateless method),
   ``key`` a PRNG key (required by random methods, else may be None), ``step`` the number of
@@ -156,11 +165,19 @@ def mtl_value_and_grad(losses_fn: Optional[Callable], method: Weighting, *, shar
   options = engine.Options(mode, chunk_size, head_grads, 0)
   combine.check_after_step(method, after_step, 'mtl_value_and_grad', ('manual',))
   _check_functions(mode, losses_fn, representation_fn, heads_fn, has_aux, stacked_heads)
+  low = precision.resolve(compute_dtype, 'compute_dtype')
+  grad_dtype = precision.resolve(grad_dtype, 'grad_dtype')
+  losses_fn, heads_fn = (precision.in_compute_dtype(f, low) if f is not None else None
+                         for f in (losses_fn, heads_fn))
+  if representation_fn is not None:
+    trunk_fn = precision.in_compute_dtype(representation_fn, low)
+    representation_fn = lambda *a, **k: precision.cast(trunk_fn(*a, **k), grad_dtype)
   uses_split = representation_fn is not None and heads_fn is not None and not has_aux
 
   def vg(params, state, key, *args, step=0, **kwargs):
     combine.check_key(method, key, 'mtl_value_and_grad')
     split, merge = _split(params, _mask_leaves(shared, params))
+    split = precision.cast(split, grad_dtype)      # what the per-task gradients are of
 
     def all_losses(p, batch_args=args):
       if losses_fn is not None:
@@ -194,8 +211,9 @@ def mtl_value_and_grad(losses_fn: Optional[Callable], method: Weighting, *, shar
       fns = part_fns(args)
     out = engine.task_gradients(method, split, state, key, jnp.asarray(step, jnp.int32), fns,
                                 options)
-    grads = merge(out.grads['shared'], out.grads['task'])
-    new_state = apply.keep_if(apply.all_finite(out.losses, out.grads), out.state, state)
+    grads = precision.like(merge(out.grads['shared'], out.grads['task']), params)
+    new_state = apply.keep_if(apply.all_finite(out.losses, out.grads),
+                              precision.like(out.state, state), state)
     value = (out.losses, out.model_state) if has_aux else out.losses
     return value, grads, out.weights, new_state
 

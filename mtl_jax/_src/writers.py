@@ -35,12 +35,24 @@ class MetricWriter:
   written; every step is still checked and returned.
   On resume from ``resume_step``, lines of later steps (written after the last checkpoint by
   the interrupted run) are dropped, and TensorBoard purges its events past that step.
+
+  With several processes, only the ``primary`` one (process 0; the default) touches the files;
+  the others fetch, check and return the same steps (the metrics are replicated), so that
+  every process stops at the same step.
   """
 
   def __init__(self, workdir: str, task_names: Sequence[str], resume_step: int = 0,
-               on_nonfinite: str = 'skip', every: int = 1):
+               on_nonfinite: str = 'skip', every: int = 1, primary: Optional[bool] = None):
     self.task_names, self.on_nonfinite, self.every = tuple(task_names), on_nonfinite, every
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._pending = []
+    self.primary = jax.process_index() == 0 if primary is None else primary
+    self._file = self._tb = None
+    if self.primary:
+      self._open(workdir, resume_step)
+
+  def _open(self, workdir: str, resume_step: int) -> None:
+    """Opens ``metrics.jsonl`` (dropping the lines past ``resume_step``) and TensorBoard."""
     if resume_step and os.path.exists(self.path):
       kept = []
       with open(self.path) as f:
@@ -54,7 +66,6 @@ class MetricWriter:
         f.writelines(kept)
     elif os.path.exists(self.path):
       os.remove(self.path)
-    self._pending = []
     self._file = open(self.path, 'a')
     self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),
                              purge_step=resume_step + 1 if resume_step else None)
@@ -98,17 +109,21 @@ class MetricWriter:
     return written
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if self._file is None:          # not the primary process
+      return
     self._file.write(json.dumps({'step': step, **scalars}) + '\n')
     for key, value in scalars.items():
       self._tb.add_scalar(key, value, step)
 
   def _flush_files(self) -> None:
-    self._file.flush()
-    self._tb.flush()
+    if self._file is not None:
+      self._file.flush()
+      self._tb.flush()
 
   def close(self) -> None:
-    self._file.close()
-    self._tb.close()
+    if self._file is not None:
+      self._file.close()
+      self._tb.close()
 
 
 class _CosineMean:

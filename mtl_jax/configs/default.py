@@ -134,6 +134,18 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.warn_rejected_fraction = 0.05
   c.train.rejected_window = 100
   c.train.num_devices = 0         # devices on the mesh's data axis; 0: all
+  # A 2-D ('data', 'model') mesh: (data, model) devices (data 0: all the devices left);
+  # (): the 1-D ('data',) mesh over num_devices.  The batch is split over 'data'; `shard`
+  # splits the state over 'model': 'none' (replicated), 'fsdp' (shared params and their
+  # optimizer state, each leaf along its largest divisible axis), 'tasks' (stacked task and
+  # expert axes, and the per-task Jacobian's rows; T must divide), 'fsdp+tasks'.
+  c.train.mesh_shape = ()
+  c.train.shard = 'none'
+  # Mixed precision: the model computes in compute_dtype ('float32' | 'bfloat16'); params,
+  # optimizer and method state, losses, Gram matrix and solvers stay float32.  grad_dtype
+  # 'bfloat16' also stores the per-task gradients (Jacobian rows) in bfloat16.
+  c.train.compute_dtype = 'float32'
+  c.train.grad_dtype = 'float32'
   c.train.task_sampling = 0       # train k random tasks per step (stateless weightings); 0: all
   # Gradient diagnostics (per-task gradient norms, cosines, conflicting pairs) in the metrics:
   # gradient methods every step (free); loss-only methods every N steps (one Jacobian then).
@@ -148,4 +160,18 @@ def get_config() -> ml_collections.ConfigDict:
   # results.json.
   c.eval.baselines = False
   c.eval.delta_m_metrics = ()     # the metrics Delta-m% and mean rank compare (): all but loss
+
+  # Several processes, one per host, as one run (jax.distributed; README "Several hosts").
+  # Unset values come from MTL_JAX_COORDINATOR / MTL_JAX_NUM_PROCESSES / MTL_JAX_PROCESS_ID,
+  # then from a cluster launcher (SLURM, Open MPI, TPU on GKE, JAX_COORDINATOR_ADDRESS);
+  # with none of them set, one process.  May change when a run resumes.
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.initialize = 'auto'       # auto: when several processes are set or launched;
+                                          # always (Cloud TPU VM slices: jax asks the
+                                          # metadata server); never
+  c.distributed.coordinator_address = ''  # 'host:port' of process 0, the same for every process
+  c.distributed.num_processes = 0         # 0: unset
+  c.distributed.process_id = -1           # this process, in [0, num_processes); -1: unset
+  c.distributed.local_device_ids = ()     # this process's devices; (): jax's default
+  c.distributed.timeout_s = 300           # to reach the coordinator and see every process join
   return c

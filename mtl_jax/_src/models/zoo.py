@@ -18,6 +18,7 @@ from mtl_jax._src.models import mlp  # noqa: F401
 from mtl_jax._src.models import mpnn  # noqa: F401
 from mtl_jax._src.models import mtan  # noqa: F401
 from mtl_jax._src.models import ple  # noqa: F401
+from mtl_jax._src.models import resnet  # noqa: F401
 from mtl_jax._src.models import shared_bottom  # noqa: F401
 from mtl_jax._src.models import task_attention  # noqa: F401
 from mtl_jax._src.models import transformer  # noqa: F401

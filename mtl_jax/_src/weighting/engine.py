@@ -68,7 +68,8 @@ from mtl_jax._src.weighting.apply import run_method as _run
 from mtl_jax._src.weighting.base import Needs, Weighting
 from mtl_jax._src.weighting.diagnostics import scatter_gram, unmeasured
 from mtl_jax._src.weighting.gramian import gram_vjp, pays_off
-from mtl_jax._src.weighting.jacobian import gram, row_major, rows, task_sum, weighted_sum
+from mtl_jax._src.weighting.jacobian import (constrain_rows, gram, row_major, rows, task_sum,
+                                             weighted_sum)
 
 PyTree = Any
 MODES = ('auto', 'param', 'gram', 'rep')
@@ -118,12 +119,17 @@ class Options(NamedTuple):
     diagnostics_every: N > 0 gives loss-only methods the Gram matrix of the T task gradients
       (``EngineOutput.gram``) on every N-th step (``step % N == 0``), at the cost of one
       Jacobian on those steps; 0: none.  Gradient methods always return theirs.
+    task_rows: a sharding of the per-task Jacobian's leading (task) axis (a
+      ``NamedSharding`` with ``P('model')``: task parallelism, ``parallel.state_sharding``);
+      every Jacobian of the shared parameters is constrained to it where it divides T.
+      None: left to XLA.
   """
   mode: str = 'auto'
   chunk_size: Optional[int] = None
   head_grads: Optional[str] = None
   task_sampling: int = 0
   diagnostics_every: int = 0
+  task_rows: Any = None
 
 
 class EngineOutput(NamedTuple):
@@ -461,9 +467,11 @@ def _whole_network(method, params, state, key, step, fns, options, subset):
       aux_row = _with_aux(jnp.zeros_like(losses), aux_losses)[None]
       cotangents = jnp.concatenate([cotangents, aux_row])
     jac = rows(vjp_fn, cotangents, chunk_size=options.chunk_size, argnum=0)
+    jac = constrain_rows(jac, options.task_rows)
     jac = row_major(jac) if method.needs is Needs.JACOBIAN else jac
     aux_grad = jax.tree.map(lambda leaf: leaf[used], jac) if num_aux else None
     jac = jax.tree.map(lambda leaf: leaf[:used], jac) if num_aux else jac
+    jac = constrain_rows(jac, options.task_rows) if num_aux else jac
     weights, new_state, diagnostics, g, direction = _run(method, picked, step, jac, state,
                                                          key, used,
                                                          **_bilevel(method, params, fns))
@@ -536,7 +544,8 @@ def _sub_batch_rows(method, params, state, key, step, fns, options, subset):
   # task t on every sub-batch: copy b of its pullback is g_bt
   cotangents = jnp.tile(jnp.eye(per, dtype=all_losses.dtype), (1, k))
   cotangents = jnp.concatenate([cotangents, jnp.zeros((per, num_aux), cotangents.dtype)], 1)
-  pull = lambda c: rows(vjp_fn, c, chunk_size=options.chunk_size, argnum=0)   # [T, k, ...]
+  pull = lambda c: constrain_rows(rows(vjp_fn, c, chunk_size=options.chunk_size, argnum=0),
+                                  options.task_rows)                        # [T, k, ...]
   jac, g_in, task_major, order = _copy_rows(method, r, pull, cotangents, per, k, options)
   weights, new_state, diagnostics, g, direction = _run(method, losses, step, jac, state, key,
                                                        num, g_in,
@@ -619,6 +628,7 @@ def _through_representation(method, params, state, key, step, fns, options, subs
       chunk = options.chunk_size
       jac = (jax.vmap(pull)(rep_jac) if chunk is None or chunk >= used
              else jax.lax.map(pull, rep_jac, batch_size=chunk))
+      jac = constrain_rows(jac, options.task_rows)
       jac = row_major(jac) if method.needs is Needs.JACOBIAN else jac
     rep = z if options.mode == 'rep' else None
     weights, new_state, diagnostics, g, direction = _run(method, picked, step, jac, state,

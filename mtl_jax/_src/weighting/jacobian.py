@@ -62,14 +62,25 @@ def gram(jacobian, num: Optional[int] = None) -> jax.Array:
     return jnp.zeros((num, num), jnp.float32)
   t = num_tasks(jacobian)
   dtype = jnp.result_type(jnp.float32, *(leaf.dtype for leaf in leaves))
-  blocks = [leaf.reshape(t, -1).astype(dtype) for leaf in leaves]
-  return sum(b @ b.T for b in blocks)
+  return sum(_block_gram(leaf.reshape(t, -1), dtype) for leaf in leaves)
+
+
+def _block_gram(b: jax.Array, dtype) -> jax.Array:
+  """b b^T in ``dtype``; a bfloat16/float16 block is multiplied as it is, accumulating in
+  float32 (``preferred_element_type``), so no float32 copy of it is made."""
+  if dtype == jnp.float32 and jnp.finfo(b.dtype).bits < 32:
+    return jnp.matmul(b, b.T, preferred_element_type=jnp.float32)
+  b = b.astype(dtype)
+  return b @ b.T
 
 
 def weighted_sum(jacobian, weights: jax.Array):
   """d = J^T alpha = sum_t alpha_t g_t, a pytree shaped like one task's gradient."""
-  return jax.tree.map(lambda leaf: jnp.tensordot(weights.astype(leaf.dtype), leaf, axes=1),
-                      jacobian)
+  def one(leaf):
+    wide = jnp.result_type(jnp.float32, leaf.dtype)   # bfloat16 J: summed in float32
+    return jnp.tensordot(weights.astype(leaf.dtype), leaf, axes=1,
+                         preferred_element_type=wide).astype(leaf.dtype)
+  return jax.tree.map(one, jacobian)
 
 
 def task_sum(x: jax.Array) -> jax.Array:
@@ -89,6 +100,26 @@ def row_major(jacobian):
   it with strides each time (on the CPU, 2-3 x slower than one copy and contiguous reads)."""
   fix = lambda leaf: with_layout_constraint(
       leaf, Layout(major_to_minor=tuple(range(jnp.ndim(leaf)))))
+  return jax.tree.map(fix, jacobian)
+
+
+def constrain_rows(jacobian, sharding):
+  """``jacobian`` with the leading (task) axis of every leaf split as ``sharding`` says (a
+  ``NamedSharding`` such as ``P('model')``: each device then pulls back its share of the
+  tasks, and the Gram matrix and the combined direction are reduced across devices by XLA);
+  leaves whose task axis the sharding does not divide, and any ``jacobian`` when ``sharding``
+  is None, are left unconstrained."""
+  if sharding is None:
+    return jacobian
+  names = sharding.spec[0] if len(sharding.spec) else None
+  names = (names,) if isinstance(names, str) else tuple(names or ())
+  size = math.prod(sharding.mesh.shape[n] for n in names)
+
+  def fix(leaf):
+    if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] % size:
+      return leaf
+    return jax.lax.with_sharding_constraint(leaf, sharding)
+
   return jax.tree.map(fix, jacobian)
 
 
