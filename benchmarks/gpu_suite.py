@@ -28,7 +28,9 @@ that raises while compiling or running (e.g. out of memory) is ``failed`` with t
 2. ``grid`` (40 %): ew, famo (a loss method), mgda, upgrad (Gram methods; mode 'auto', the
    engine's choice) x T in {2, 8, 32} x both models x {float32, bfloat16}.
 3. ``memory`` (15 %): upgrad's step compiled (not run) in each engine mode, 'param',
-   'param' with ``chunk_size`` = T/4, 'rep' and 'gram', at T = 8 and 32 on both models:
+   'param' with ``chunk_size`` = T/4, 'rep' and 'gram', and 'param' in bfloat16 with the
+   per-task gradients in float32 and in bfloat16 (dtype 'bfloat16+grads',
+   ``grad_dtype='bfloat16'``), at T = 8 and 32 on both models:
    ``compiled.memory_analysis()``, peak = argument + output - alias + temp.
 4. ``methods`` (35 %): every registered method (``weighting.names()``) at T = 8, float32, on
    the ResNet, methods already timed in the grid not again.
@@ -108,7 +110,7 @@ QUICK = dict(
     FULL, image_size=16, batch=8, warmup=1, steps=2, budget_s=600.0,
     resnet=dict(blocks=(1, 1), widths=(4, 8), stem='cifar', norm='batch'),
     transformer=dict(d_model=16, num_heads=2, num_layers=1, mlp_ratio=2.0, patch_size=8),
-    overhead_tasks=(2,), overhead_models=('resnet',), grid_tasks=(2, 3),
+    overhead_tasks=(2,), overhead_models=('resnet',), grid_tasks=(3,),
     grid_methods=('famo',), grid_dtypes=('float32',), memory_tasks=(3,),
     memory_models=('resnet',), methods_tasks=2, methods=('ew', 'krum', 'static'))
 
@@ -179,7 +181,10 @@ class Setup:
 
 def library_step(setup: Setup, method, dtype: str, mode: str = 'auto', chunk_size=None):
   """The library's jitted, state-donating train step for ``method``."""
-  extra = {'compute_dtype': dtype} if dtype != 'float32' else {}
+  extra = {}
+  if dtype != 'float32':            # 'bfloat16+grads': per-task gradients stored in bf16 too
+    extra = {'compute_dtype': 'bfloat16',
+             **({'grad_dtype': 'bfloat16'} if dtype.endswith('+grads') else {})}
   return mtl_jax.make_train_step(setup.model, setup.tasks, setup.optimizer, method, mode=mode,
                                  chunk_size=chunk_size, **extra)
 
@@ -486,11 +491,14 @@ def memory_modes(num_tasks: int) -> tuple:
 def phase_memory(suite: Suite) -> None:
   """The memory method's step in every engine mode, compiled only."""
   cfg = suite.cfg
-  suite.measure([[suite.method_cell('memory', model, num_tasks, 'float32',
+  low = ([(dtype, 'param', None) for dtype in ('bfloat16', 'bfloat16+grads')]
+         if has_compute_dtype() else [])         # J in float32 vs J stored in bfloat16
+  suite.measure([[suite.method_cell('memory', model, num_tasks, dtype,
                                     cfg['memory_method'], mode, chunk)]
                  for num_tasks in cfg['memory_tasks']
                  for model in among(cfg, 'memory_models', 'models')
-                 for mode, chunk in memory_modes(num_tasks)], run=False)
+                 for dtype, mode, chunk in ([('float32', m, c) for m, c in
+                                             memory_modes(num_tasks)] + low)], run=False)
 
 
 def phase_methods(suite: Suite) -> None:
@@ -537,7 +545,8 @@ def memory_summary(cells: list) -> list:
       row = rows.setdefault((c['model'], c['num_tasks']), dict(
           model=c['model'], num_tasks=c['num_tasks'], method=c['method'],
           ew_peak=ew.get((c['model'], c['num_tasks'])), peak={}, temp={}))
-      mode = c['mode'] + (f"_chunk{c['chunk_size']}" if c['chunk_size'] else '')
+      mode = (c['mode'] + (f"_chunk{c['chunk_size']}" if c['chunk_size'] else '')
+              + ('' if c['dtype'] == 'float32' else f"_{c['dtype']}"))
       row['peak'][mode], row['temp'][mode] = c['memory'].get('peak'), c['memory'].get('temp')
   return list(rows.values())
 
@@ -550,13 +559,13 @@ def fmt(value, spec: str, scale: float = 1.0) -> str:
 
 
 def print_cells(cells: list) -> None:
-  print(f"{'phase':<9}{'model':<12}{'T':>3} {'dtype':<9}{'method':<15}{'mode':<9}{'status':<8}"
+  print(f"{'phase':<9}{'model':<12}{'T':>3} {'dtype':<15}{'method':<15}{'mode':<9}{'status':<8}"
         f"{'cmp s':>7}{'step ms':>9}{'GFLOP':>9}{'TFLOP/s':>9}{'MFU %':>7}{'peak MB':>9}"
         f"{'temp MB':>9}  note")
   for c in cells:
     mem = c.get('memory') or {}
     mode = c['mode'] + (str(c['chunk_size']) if c['chunk_size'] else '')
-    print(f"{c['phase']:<9}{c['model']:<12}{c['num_tasks']:>3} {c['dtype']:<9}"
+    print(f"{c['phase']:<9}{c['model']:<12}{c['num_tasks']:>3} {c['dtype']:<15}"
           f"{c['method']:<15}{mode:<9}{c['status']:<8}{fmt(c.get('compile_s'), '.1f'):>7}"
           f"{fmt(c.get('step_ms'), '.2f'):>9}{fmt(c.get('flops'), '.2f', 1e-9):>9}"
           f"{fmt(c.get('flops_per_s'), '.3f', 1e-12):>9}{fmt(c.get('mfu'), '.1f', 100):>7}"

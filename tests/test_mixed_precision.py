@@ -117,40 +117,49 @@ def _problem(batch_size=32):
   return ds, model, next(BatchIterator(ds.split('train'), batch_size, seed=0))
 
 
-def _run(name, compute_dtype, grad_dtype=None, mode='auto'):
+def _runs(name, grad_dtype=None, mode='auto'):
+  """(bfloat16 run's final state, its summed losses, float32 run's summed losses) over STEPS
+  steps on one batch from one initialisation: both runs as one compiled program (a scan)."""
   method = weighting.get(name, **({'steps_per_epoch': 1} if name == 'dwa' else {}))
   ds, model, batch = _problem(30 if method.sub_batches == 3 else 32)   # k equal sub-batches
   optimizer = optax.adam(1e-2)
   state = init_train_state(model, ds.tasks, optimizer, method, batch['inputs'],
                            jax.random.PRNGKey(0))
-  step = make_train_step(model, ds.tasks, optimizer, method, compute_dtype=compute_dtype,
-                         grad_dtype=grad_dtype, mode=mode)
-  losses = []
-  for _ in range(STEPS):
-    state, metrics = step(state, batch)
-    losses.append(float(jnp.sum(metrics['losses'])))
-  return state, np.array(losses)
+  low_step, ref_step = (make_train_step(model, ds.tasks, optimizer, method, mode=mode,
+                                        compute_dtype=c, grad_dtype=g, jit=False)
+                        for c, g in (('bfloat16', grad_dtype), ('float32', None)))
+
+  def both(state):
+    def body(carry, _):
+      (low, ref), total = carry, lambda m: jnp.sum(m['losses'])
+      low, low_metrics = low_step(low, batch)
+      ref, ref_metrics = ref_step(ref, batch)
+      return (low, ref), (total(low_metrics), total(ref_metrics))
+    (low, _), curves = jax.lax.scan(body, (state, state), None, length=STEPS)
+    return low, curves
+
+  low, (low_losses, ref_losses) = jax.jit(both)(state)
+  return low, np.asarray(low_losses), np.asarray(ref_losses)
 
 
 @pytest.mark.parametrize('name', weighting.names())
 def test_every_method_trains_in_bfloat16_close_to_float32(name):
-  state, low = _run(name, 'bfloat16')
-  _, ref = _run(name, 'float32')
+  state, low, ref = _runs(name)
   assert int(state.num_rejected) == 0 and np.all(np.isfinite(low)), low
   assert low[-1] < low[0], low                                     # the loss falls
   np.testing.assert_allclose(low, ref, rtol=LOSS_RTOL)
+  assert not np.array_equal(low, ref)                              # bfloat16 really ran
   for tree in (state.params, state.opt_state, state.weighting_state):
     assert {x.dtype for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)
             } <= {F32}, name
 
 
 @pytest.mark.parametrize('name, mode', [('upgrad', 'gram'), ('pcgrad', 'param'),
-                                        ('mgda', 'rep')])
+                                        ('mgda', 'rep'), ('modo', 'auto')])
 def test_bfloat16_task_gradients_train_close_to_float32(name, mode):
   """grad_dtype='bfloat16' (Jacobian rows / cotangents stored in bfloat16) in each engine
-  mode: no rejected step, the loss falls, within LOSS_RTOL of float32."""
-  state, low = _run(name, 'bfloat16', 'bfloat16', mode)
-  _, ref = _run(name, 'float32', None, mode)
+  mode (and MoDo's sub-batch rows through the representation): no rejected step, the loss falls, within LOSS_RTOL of float32."""
+  state, low, ref = _runs(name, 'bfloat16', mode)
   assert int(state.num_rejected) == 0 and low[-1] < low[0], low
   np.testing.assert_allclose(low, ref, rtol=LOSS_RTOL)
   assert {x.dtype for x in jax.tree.leaves(state.params)} == {F32}

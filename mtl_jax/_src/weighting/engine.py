@@ -593,7 +593,8 @@ def _sub_batch_representation(method, params, state, key, step, fns, options):
     shared = weighted_sum(task_major, weights[jnp.argsort(order)].astype(losses.dtype))
   else:
     w_kt = weights.reshape(k, num).astype(losses.dtype)
-    cotangent = jax.tree.map(lambda a: jnp.einsum('bt,bt...->b...', w_kt, a), rep)
+    cotangent = jax.tree.map(                              # in z's dtype (bfloat16 too)
+        lambda a: jnp.einsum('bt,bt...->b...', w_kt, a).astype(a.dtype), rep)
     shared = jax.tree.map(task_sum, trunk_vjp(cotangent)[0])
   task = head_vjp(_head_cotangent(method, options, weights, losses, k)[1])[1]
   return EngineOutput(losses, {}, {'shared': shared, 'task': task}, weights, new_state,
