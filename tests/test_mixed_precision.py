@@ -270,3 +270,36 @@ def test_a_bad_dtype_in_the_config_names_the_field(tmp_path):
   from tests.conftest import tiny_config   # pylint: disable=import-outside-toplevel
   with pytest.raises(train.ConfigError, match=r"config.train.compute_dtype: must be one of"):
     train.train_and_evaluate(tiny_config(**{'train.compute_dtype': 'float16'}), str(tmp_path))
+
+
+def _dot_precisions(fn, *args):
+  closed = jax.make_jaxpr(fn)(*args)
+  found = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      for sub in _sub_jaxprs(eqn):
+        walk(sub)
+      if eqn.primitive.name == 'dot_general':
+        found.append(eqn.params['precision'])
+  walk(closed.jaxpr)
+  return found
+
+
+@pytest.mark.parametrize('policy', ['identity', 'explicit'])
+def test_float32_gram_products_ask_for_full_precision(policy):
+  """GPUs multiply float32 in TF32 and TPUs in one bfloat16 pass by default (about 3
+  significant digits); every product forming G asks for HIGHEST.  (On the CPU, which has only
+  full precision, this is checked on the traced program.)"""
+  rng = np.random.default_rng(3)
+  jac = jnp.asarray(rng.standard_normal((3, 50)), jnp.float32)
+  highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+  assert _dot_precisions(weighting.gram, jac) == [highest]
+  x, c = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in ((64, 6), (3, 64, 4)))
+  fn = lambda p: jnp.einsum('bo,tbo->t', x @ p['w'], c)
+  w = jnp.zeros((6, 4), jnp.float32)
+  gram = lambda w: gramian.gram_vjp(fn, {'w': w}, policy=policy).gram(jnp.eye(3))
+  found = _dot_precisions(gram, w)
+  # the model's own product x @ w (and the explicit rule's per-task gradients) keep the
+  # default; the products that form G do not
+  assert found.count(highest) >= (1 if policy == 'explicit' else 3), found

@@ -403,6 +403,13 @@ def _explicit_tap(tap, operands, deltas):
   return jacobian.gram(jax.vmap(one)(deltas))
 
 
+def _exact_einsum(*args):
+  """``jnp.einsum`` at full float32 (float64) precision: on GPUs and TPUs the default for
+  float32 products is TF32 / one bfloat16 pass (about 3 significant digits), too coarse for
+  a Gram matrix whose solver compares nearly parallel gradients.  (No effect on the CPU.)"""
+  return jnp.einsum(*args, precision=lax.Precision.HIGHEST)
+
+
 def _wide(dtype):
   return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
 
@@ -411,9 +418,9 @@ def _kernel_gram(x, deltas):
   """sum_b <Delta_s,b, (x_b x_b^T) Delta_t,b> for x [nb, N, C], deltas [k, nb, N, R]."""
   dtype = _wide(jnp.result_type(x.dtype, deltas.dtype))
   x, deltas = x.astype(dtype), deltas.astype(dtype)
-  kernel = jnp.einsum('bnc,bmc->bnm', x, x)
-  kd = jnp.einsum('bnm,tbmr->tbnr', kernel, deltas)
-  return jnp.einsum('sbnr,tbnr->st', deltas, kd)
+  kernel = _exact_einsum('bnc,bmc->bnm', x, x)
+  kd = _exact_einsum('bnm,tbmr->tbnr', kernel, deltas)
+  return _exact_einsum('sbnr,tbnr->st', deltas, kd)
 
 
 def _dot_layout(tap):
@@ -485,9 +492,9 @@ def _copy_kernel_gram(x, deltas):
   blocks = {}
   for a in range(copies):
     for b in range(a, copies):
-      kernel = jnp.einsum('jmc,jnc->jmn', x[b], x[a])              # x_b x_a^T [J, N, N]
-      kd = jnp.einsum('jtrm,jmn->jtrn', dt[b], kernel)             # (K_ab Delta_t,b)^T
-      blocks[a, b] = jnp.einsum('jsq,jtq->st', dt[a].reshape(reps, num, -1),
+      kernel = _exact_einsum('jmc,jnc->jmn', x[b], x[a])              # x_b x_a^T [J, N, N]
+      kd = _exact_einsum('jtrm,jmn->jtrn', dt[b], kernel)             # (K_ab Delta_t,b)^T
+      blocks[a, b] = _exact_einsum('jsq,jtq->st', dt[a].reshape(reps, num, -1),
                                 kd.reshape(reps, num, -1))
   rows = [jnp.concatenate([blocks[a, b] if a <= b else blocks[b, a].T
                            for b in range(copies)], 1) for a in range(copies)]
@@ -557,5 +564,5 @@ def _gather_identity(tap, operands, deltas):
   dtype = _wide(deltas.dtype)
   ds = deltas.reshape(deltas.shape[0], ids.shape[0], -1).astype(dtype)
   same = (ids[:, None] == ids[None, :]) & valid[:, None] & valid[None, :]
-  kd = jnp.einsum('nm,tmr->tnr', same.astype(dtype), ds)
-  return jnp.einsum('snr,tnr->st', ds, kd)
+  kd = _exact_einsum('nm,tmr->tnr', same.astype(dtype), ds)
+  return _exact_einsum('snr,tnr->st', ds, kd)

@@ -70,8 +70,8 @@ def _block_gram(b: jax.Array, dtype) -> jax.Array:
   float32 (``preferred_element_type``), so no float32 copy of it is made."""
   if dtype == jnp.float32 and jnp.finfo(b.dtype).bits < 32:
     return jnp.matmul(b, b.T, preferred_element_type=jnp.float32)
-  b = b.astype(dtype)
-  return b @ b.T
+  b = b.astype(dtype)        # full precision: GPUs default to TF32 for float32 products
+  return jnp.matmul(b, b.T, precision=jax.lax.Precision.HIGHEST)
 
 
 def weighted_sum(jacobian, weights: jax.Array):
