@@ -13,20 +13,12 @@ import pytest
 from mtl_jax import models, train
 from mtl_jax.train import ConfigError
 from tests.conftest import tiny_config, train_tiny
+from tests.test_backbones import _normal, _output_shape
 from tests.test_gramian import TASKS, _batch, _check, _engine_case
 
 KEY = jax.random.PRNGKey(0)
 resnet = functools.partial(models.get_backbone, 'resnet')
 TINY = dict(blocks=(1, 1), widths=(4, 6))
-
-
-def _output_shape(module, shape):
-  out, _ = jax.eval_shape(lambda x: module.init_with_output(KEY, x), jnp.ones(shape))
-  return out.shape
-
-
-def _normal(shape, seed=1):
-  return jax.random.normal(jax.random.PRNGKey(seed), shape)
 
 
 # ----------------------------------------------------------------------------- shapes
