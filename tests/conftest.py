@@ -22,9 +22,10 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 # each changes a program's float rounding at most, and every run of a test (its subprocesses
 # included: they inherit the environment) uses the same flags.  Flags an XLA does not know
 # abort the process, so they are tried once in a subprocess first and kept only if accepted.
-_FAST_XLA_FLAGS = ('--xla_backend_optimization_level=0', '--xla_cpu_use_fusion_emitters=false',
-                   '--xla_cpu_enable_concurrency_optimized_scheduler=false',
-                   '--xla_cpu_use_xnnpack=false')
+_FAST_XLA = {'xla_backend_optimization_level': 0, 'xla_cpu_use_fusion_emitters': False,
+             'xla_cpu_enable_concurrency_optimized_scheduler': False,
+             'xla_cpu_use_xnnpack': False}
+_FAST_XLA_FLAGS = tuple(f'--{name}={str(value).lower()}' for name, value in _FAST_XLA.items())
 
 
 def _xla_accepts(flags):
@@ -43,6 +44,14 @@ if 'MTL_JAX_TEST_XLA_FLAGS' not in os.environ:     # once per session: workers i
   os.environ['MTL_JAX_TEST_XLA_FLAGS'] = os.environ['XLA_FLAGS']
 
 from mtl_jax.configs import tiny as tiny_module  # pylint: disable=wrong-import-position
+
+
+def xla_default_codegen():
+  """``compile()`` options that switch back on what this session's XLA_FLAGS switched off
+  above (emitters, scheduler, XNNPACK), for a test that reads XLA's default program."""
+  flags = os.environ.get('XLA_FLAGS', '')
+  return {name: True for name, value in _FAST_XLA.items()
+          if value is False and f'--{name}=false' in flags}
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,7 +1,5 @@
 """The train step against a hand-written optax step; tracing once; NaN rejection."""
 
-import os
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -12,6 +10,7 @@ import pytest
 from mtl_jax import models, tasks as T, weighting
 from mtl_jax.data import make_synthetic, take
 from mtl_jax import init_train_state, make_eval_step, make_train_step
+from tests.conftest import xla_default_codegen
 
 TASKS = T.TaskSet([T.regression('y1'), T.regression('y2'), T.multiclass('c', 3), T.binary('b'),
                    T.multilabel('m', 4)])
@@ -205,10 +204,8 @@ def test_the_guard_updates_the_donated_state_in_place(method):
   method = weighting.get(method)
   model, optimizer, state, batch = _setup(method)
   step = make_train_step(model, TASKS, optimizer, method)
-  # XLA's default emitters (the test session may compile with the classic ones: conftest)
-  default = ({'xla_cpu_use_fusion_emitters': True}
-             if 'xla_cpu_use_fusion_emitters=false' in os.environ.get('XLA_FLAGS', '') else {})
-  sizes = _branch_copies(step.lower(state, batch).compile(default).as_text())
+  compiled = step.lower(state, batch).compile(xla_default_codegen())   # as users compile it
+  sizes = _branch_copies(compiled.as_text())
   assert all(size <= len(TASKS) for size in sizes), sizes
 
 def test_training_reduces_test_error_on_synthetic_data():
